@@ -1,0 +1,195 @@
+"""Per-family description: the small table that says where things live in a model.
+
+Everything headig does to a model (gating heads, masking, sparse attention, losses,
+generation) reads this table instead of special-casing a family. Adding a family means
+one file that registers a :class:`FamilySpec` plus a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Family-independent architecture numbers of a native model."""
+
+    family: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    mlp_hidden: int
+    vocab_size: int
+    rope_theta: float
+    rms_norm_eps: float
+    qkv_bias: bool
+    mask_token_id: int
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    max_position_embeddings: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (1 for plain multi-head attention)."""
+        return self.n_heads // self.n_kv_heads
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What differs between diffusion-LM families, as data.
+
+    Attributes:
+        name: short family name ("llada", "dream").
+        model_types: ``config.json`` ``model_type`` values this family loads.
+        logit_shift: 0 when output row i predicts token i (LLaDA); 1 when it predicts
+            token i+1, so the prediction for position i is row i-1 (Dream).
+        rope_in_float32: rotate q/k in float32 (LLaDA) or in the activation dtype with
+            float32-computed cos/sin (Dream); matters only for half-precision parity.
+        parse_config: ``config.json`` dict -> :class:`ArchConfig`.
+        map_weight_name: official state-dict key -> native key (None = ignore the key).
+        official_layers: path to the layer list in the *official* remote-code model.
+        official_out_proj: attribute path, inside one official layer, of the attention
+            output projection (the module whose input is the concatenated head outputs).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    logit_shift: int
+    rope_in_float32: bool
+    parse_config: Callable[[Mapping[str, Any]], ArchConfig]
+    map_weight_name: Callable[[str], str | None]
+    official_layers: str
+    official_out_proj: str
+
+
+_REGISTRY: dict[str, FamilySpec] = {}
+
+
+def register_family(spec: FamilySpec) -> FamilySpec:
+    """Make a family loadable by :func:`headig.load_model` and known to :func:`family_of`."""
+    for model_type in spec.model_types:
+        _REGISTRY[model_type.lower()] = spec
+    return spec
+
+
+def supported_model_types() -> list[str]:
+    return sorted({t for spec in _REGISTRY.values() for t in spec.model_types})
+
+
+def spec_for_model_type(model_type: str) -> FamilySpec:
+    spec = _REGISTRY.get(str(model_type).lower())
+    if spec is None:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}; headig supports the families "
+            f"{supported_model_types()} (LLaDA and Dream checkpoints)"
+        )
+    return spec
+
+
+def _get_path(root: Any, path: str) -> Any:
+    obj = root
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class Family:
+    """A loaded model's family description: sizes, ids, and where heads are gated.
+
+    Works for headig's native models and for the official remote-code models loaded with
+    ``trust_remote_code=True`` on transformers 4.x.
+    """
+
+    spec: FamilySpec
+    arch: ArchConfig
+    native: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def n_layers(self) -> int:
+        return self.arch.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.arch.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.arch.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.arch.head_dim
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.arch.mask_token_id
+
+    @property
+    def logit_shift(self) -> int:
+        return self.spec.logit_shift
+
+    @property
+    def n_total_heads(self) -> int:
+        return self.arch.n_layers * self.arch.n_heads
+
+    def layers(self, model: nn.Module) -> list[nn.Module]:
+        if self.native:
+            return list(model.layers)
+        return list(_get_path(model, self.spec.official_layers))
+
+    def out_proj(self, model: nn.Module, layer: int) -> nn.Module:
+        """The attention output projection of ``layer``; its input holds the head outputs."""
+        layer_module = self.layers(model)[layer]
+        if self.native:
+            return layer_module.attn.o_proj
+        return _get_path(layer_module, self.spec.official_out_proj)
+
+    def hook_name(self, layer: int) -> str:
+        """Stable, family-independent name of the gated place in ``layer``."""
+        return f"blocks.{layer}.attn.hook_head_out"
+
+
+def family_of(model: nn.Module) -> Family:
+    """Describe a loaded model: a native headig model or an official remote-code model."""
+    native_family = getattr(model, "family", None)
+    if isinstance(native_family, Family):
+        return native_family
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(
+            f"cannot tell the family of {type(model).__name__}: it has no .config; pass a "
+            "model from headig.load_model or an official LLaDA/Dream model"
+        )
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    spec = spec_for_model_type(cfg.get("model_type", ""))
+    return Family(spec=spec, arch=spec.parse_config(cfg), native=False)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Accept torch dtypes and the usual strings ("bf16", "bfloat16", "float32", "auto")."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+        "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+        "auto": None,
+    }
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(names)}")
+    return names[key]
