@@ -1,5 +1,6 @@
 """headig: which attention heads of a diffusion language model matter, proven causally."""
 
+from headig.gating import HeadGate, HeadMask, layer_range, select_heads
 from headig.models import (
     DiffusionLM,
     Family,
@@ -12,6 +13,6 @@ from headig.models import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DiffusionLM", "Family", "__version__", "family_of", "load_model", "load_tokenizer",
+    "DiffusionLM", "HeadGate", "HeadMask", "layer_range", "select_heads", "Family", "__version__", "family_of", "load_model", "load_tokenizer",
     "supported_model_types",
 ]
