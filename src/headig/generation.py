@@ -20,6 +20,7 @@ handles correctly:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -215,13 +216,23 @@ def _finish_if_stopped(x: Tensor, start: int, mask_id: int, stops: Tensor | None
     return True
 
 
+def _as_int(value: object, name: str) -> int:
+    """Accept any integral value (Python or NumPy int); reject floats and bools."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int; got {value!r}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name} must be an int; got {value!r}") from None
+
+
 def _resolve_length(gen_length: int | None, max_new_tokens: int | None) -> int:
     if gen_length is None and max_new_tokens is None:
         raise ValueError("pass gen_length (or its alias max_new_tokens)")
     if gen_length is not None and max_new_tokens is not None and gen_length != max_new_tokens:
         raise ValueError(f"gen_length={gen_length} and max_new_tokens={max_new_tokens} disagree")
-    length = gen_length if gen_length is not None else max_new_tokens
-    if not isinstance(length, int) or length < 1:
+    length = _as_int(gen_length if gen_length is not None else max_new_tokens, "gen_length")
+    if length < 1:
         raise ValueError(f"gen_length must be a positive int; got {length!r}")
     return length
 
@@ -234,7 +245,7 @@ def _prepare(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
         raise ValueError("input_ids must be a [batch, prompt_len] LongTensor")
     if input_ids.dtype not in (torch.long, torch.int32):
         raise ValueError(f"input_ids must hold integer token ids; got {input_ids.dtype}")
-    if not isinstance(steps, int) or steps < 1:
+    if _as_int(steps, "steps") < 1:
         raise ValueError(f"steps must be a positive int; got {steps!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0; got {temperature}")
@@ -284,14 +295,15 @@ def generate_llada_style(
         LongTensor [B, prompt_len + gen_length] on the model's device.
     """
     gen_length = _resolve_length(gen_length, max_new_tokens)
-    block_length = gen_length if block_length is None else block_length
+    block_length = gen_length if block_length is None else _as_int(block_length, "block_length")
+    steps = _as_int(steps, "steps")
     if remasking not in REMASKING:
         raise ValueError(f"unknown remasking {remasking!r}; expected one of {REMASKING}")
-    if not isinstance(block_length, int) or block_length < 1 or gen_length % block_length:
+    if block_length < 1 or gen_length % block_length:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length "
                          f"({block_length})")
     n_blocks = gen_length // block_length
-    if not isinstance(steps, int) or steps < 1 or steps % n_blocks:
+    if steps < 1 or steps % n_blocks:
         raise ValueError(f"steps ({steps}) must be a positive multiple of the number of "
                          f"blocks ({n_blocks} = gen_length / block_length)")
     x, mask, p, mask_id = _prepare(model, input_ids, attention_mask, gen_length, steps,
@@ -386,13 +398,14 @@ def generate_dream_style(
         LongTensor [B, prompt_len + gen_length] on the model's device.
     """
     gen_length = _resolve_length(gen_length, max_new_tokens)
+    steps = _as_int(steps, "steps")
     if alg not in DREAM_ALGS:
         raise ValueError(f"unknown alg {alg!r}; expected one of {DREAM_ALGS}")
     if not 0 < eps < 1:
         raise ValueError(f"eps must be in (0, 1); got {eps}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and _as_int(top_k, "top_k") < 1:
         raise ValueError(f"top_k must be a positive int; got {top_k!r}")
     if alg_temp is not None and alg_temp < 0:
         raise ValueError(f"alg_temp must be >= 0; got {alg_temp}")
