@@ -106,6 +106,10 @@ def test_save_without_optional_tensors_and_overwrite(tmp_path: Path) -> None:
     assert back.scores.tolist() == [[2.0, 3.0]] and back.per_example is None and back.stderr is None
     with pytest.raises(ValueError, match="folder or a path ending in .safetensors"):
         imp.save(tmp_path / "x.pt")
+    existing = tmp_path / "run.v1"  # an existing folder is a folder, whatever its name
+    existing.mkdir()
+    assert imp.save(existing) == existing / DEFAULT_FILENAME
+    assert HeadImportance.load(existing).scores.tolist() == [[0.25, -1.5]]
 
 
 def _write_with_header(path: Path, header: dict | None, scores: torch.Tensor) -> None:

@@ -243,8 +243,9 @@ class HeadImportance:
     def save(self, path: str | os.PathLike, *, sidecar: bool = True) -> Path:
         """Write the scores to a ``.safetensors`` file; returns the file path.
 
-        ``path`` is either a file ending in ``.safetensors`` or a folder (created if needed),
-        in which case the file is ``<folder>/head_importance.safetensors``. The description
+        ``path`` is either a file ending in ``.safetensors`` or a folder (an existing one, or a
+        suffix-less path that is created), in which case the file is
+        ``<folder>/head_importance.safetensors``. The description
         (schema version, sign convention, layers, shape, meta) is stored in the safetensors
         header, which is authoritative. With ``sidecar`` a human-readable copy of it plus the
         top heads is also written next to the file as ``<stem>.json`` (never read back).
@@ -253,7 +254,9 @@ class HeadImportance:
         from safetensors.torch import save as st_save
 
         target = Path(path).expanduser()
-        if target.suffix == ".safetensors":
+        if target.is_dir():
+            target = target / DEFAULT_FILENAME
+        elif target.suffix == ".safetensors":
             target.parent.mkdir(parents=True, exist_ok=True)
         elif target.suffix == "":
             if target.exists() and not target.is_dir():
