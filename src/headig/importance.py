@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import pickle
 import struct
@@ -175,7 +176,8 @@ class HeadImportance:
         if by not in ("signed", "abs"):
             raise ValueError(f"by={by!r}; expected 'signed' or 'abs'")
         entries = self.entries()
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(entries):
+        kk = _as_int(k)
+        if kk is None or not 0 <= kk <= len(entries):
             raise ValueError(f"k={k!r}; expected an integer in [0, {len(entries)}] "
                              "(heads in the attributed layers)")
         sign = -1.0 if largest else 1.0
@@ -183,7 +185,7 @@ class HeadImportance:
         def key(e: tuple[int, int, float]) -> float:
             return sign * (abs(e[2]) if by == "abs" else e[2])
 
-        return sorted(entries, key=key)[:k]  # sorted() is stable: ties keep (layer, head) order
+        return sorted(entries, key=key)[:kk]  # sorted() is stable: ties keep (layer, head) order
 
     def layer_head_table(self, precision: int = 3, *, show_all_layers: bool = False) -> str:
         """A plain-text table: one row per layer, one column per head (signed scores).
@@ -334,6 +336,16 @@ def _normalise_layers(layers: Sequence[int] | None, n_layers: int) -> tuple[int,
     if len(set(out)) != len(out):
         raise ValueError(f"layers has duplicates: {out}")
     return tuple(sorted(out))
+
+
+def _as_int(v: Any) -> int | None:
+    """An integer (Python or numpy), else None; bools are not integers here."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
 
 
 def _atomic_write(target: Path, data: bytes) -> None:
@@ -635,8 +647,10 @@ def compare(a: HeadImportance, b: HeadImportance, k: int = 10,
     if not layers:
         raise ValueError(f"no common attributed layers (a: {list(a.layers)}, b: {list(b.layers)})")
     n = len(layers) * a.n_heads
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+    kk = _as_int(k)
+    if kk is None or not 1 <= kk <= n:
         raise ValueError(f"k={k!r}; expected an integer in [1, {n}] (heads in the common layers)")
+    k = kk
     x = a.scores[layers].to(torch.float64).flatten().numpy()
     y = b.scores[layers].to(torch.float64).flatten().numpy()
     sub_a = HeadImportance(a.scores * _row_mask(a.n_layers, layers), layers=tuple(layers))
