@@ -77,18 +77,18 @@ def draw_mask_patterns(n: int, mc_num: int, seed: int, stratum_size: int = 32) -
 
 @dataclass
 class _Row:
-    request: int
-    prompt_len: int
-    ids: Tensor          # full row with mask ids at the masked target positions
-    masked: Tensor       # bool, same length: masked target positions
-    targets: Tensor      # the true tokens at the masked positions
+    """One scored row: the request's (shared) prompt and target and this row's mask pattern;
+    the token ids are built only when the row's chunk is evaluated."""
 
+    prompt: Tensor
+    target: Tensor
+    pattern: Tensor      # bool [n]: masked target tokens
 
-def _make_row(request: int, prompt: Tensor, target: Tensor, pattern: Tensor,
-              mask_id: int) -> _Row:
-    seq = torch.cat([prompt, target])
-    masked = torch.cat([torch.zeros(len(prompt), dtype=torch.bool), pattern])
-    return _Row(request, len(prompt), seq.masked_fill(masked, mask_id), masked, seq[masked])
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.target)
+
+    def ids(self, mask_id: int) -> Tensor:
+        return torch.cat([self.prompt, self.target.masked_fill(self.pattern, mask_id)])
 
 
 def _ce_and_hits(logits: Tensor, targets: Tensor, chunk: int = 2048) -> tuple[Tensor, Tensor]:
@@ -117,10 +117,10 @@ def _score_rows(model: nn.Module, rows: list[_Row], batch_size: int, cfg_scale: 
     device = _model_device(model)
     ce_sum = torch.zeros(len(rows), dtype=torch.float64)
     greedy = torch.zeros(len(rows), dtype=torch.bool)
-    order = sorted(range(len(rows)), key=lambda r: len(rows[r].ids))
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        lengths = [len(rows[r].ids) for r in chunk]
+        lengths = [len(rows[r]) for r in chunk]
         width = max(lengths)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         at = torch.zeros(len(chunk), width, dtype=torch.bool)
@@ -128,11 +128,12 @@ def _score_rows(model: nn.Module, rows: list[_Row], batch_size: int, cfg_scale: 
         prompt = torch.zeros(len(chunk), width, dtype=torch.bool)
         for j, r in enumerate(chunk):
             row = rows[r]
-            ids[j, :lengths[j]] = row.ids
-            at[j, :lengths[j]] = row.masked
+            p = len(row.prompt)
+            ids[j, :lengths[j]] = row.ids(mask_id)
+            at[j, p:lengths[j]] = row.pattern
             attn[j, :lengths[j]] = 1
-            prompt[j, :row.prompt_len] = True
-        targets = torch.cat([rows[r].targets for r in chunk]).to(device)
+            prompt[j, :p] = True
+        targets = torch.cat([rows[r].target[rows[r].pattern] for r in chunk]).to(device)
         ids, at, prompt = ids.to(device), at.to(device), prompt.to(device)
         attn_t = None if min(lengths) == width else attn.to(device)
         with torch.no_grad():
@@ -206,7 +207,7 @@ def loglikelihood_batch(
                 weights = torch.cat([weights, torch.zeros(1, dtype=weights.dtype)])
                 greedy_row = len(rows) + len(patterns) - 1
         first = len(rows)
-        rows.extend(_make_row(r, prompt, target, p, mask_id) for p in patterns)
+        rows.extend(_Row(prompt, target, p) for p in patterns)
         plans.append((first, weights.double(), patterns.sum(-1), greedy_row, n))
     ce_sum, greedy = _score_rows(model, rows, batch_size, cfg_scale)
     results = []
@@ -267,7 +268,7 @@ def exact_loglikelihood(
         raise ValueError(f"target_ids contains the mask id {mask_id}")
     bits = torch.arange(1, 2 ** n)
     patterns = (bits[:, None] >> torch.arange(n)) & 1 == 1
-    rows = [_make_row(0, prompt, target, p, mask_id) for p in patterns]
+    rows = [_Row(prompt, target, p) for p in patterns]
     ce_sum, _ = _score_rows(model, rows, batch_size, cfg_scale)
     k = patterns.sum(-1)
     prob = torch.tensor([1.0 / (n * math.comb(n, int(c))) for c in k], dtype=torch.float64)
