@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "attribute with HeadIG, inspect, and validate causally.",
     )
     parser.add_argument("--version", action="version", version=f"headig {headig.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
