@@ -114,7 +114,9 @@ class HeadGate:
                 scale = g[:, None]
             else:  # [B, H] -> broadcast over every middle dimension
                 scale = g.reshape(g.shape[0], *([1] * (heads.dim() - 3)), n_heads, 1)
-            gated = (heads.to(torch.float32) * scale).to(x.dtype)
+            # type promotion computes in float32 while autograd keeps only the original
+            # (possibly bf16) activation for the gate gradient, not a float32 copy
+            gated = (heads * scale).to(x.dtype)
             return (gated.reshape(shape), *args[1:])
 
         return pre_hook
