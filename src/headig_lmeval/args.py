@@ -340,12 +340,15 @@ def _checks(v: dict[str, Any], given: set[str]) -> None:
     need(v["mc_num"] >= 1, f"mc_num={v['mc_num']}: expected >= 1")
     need(v["mc_batch_size"] >= 1, f"mc_batch_size={v['mc_batch_size']}: expected >= 1")
     need(v["cfg"] >= 0, f"cfg={v['cfg']}: expected >= 0")
-    # generation
-    check_generation(v)
+    # generation: steps/block_length are checked against gen_length here only when
+    # gen_length is given; tasks usually set it per request (max_gen_toks), and then the
+    # check runs before any request of that task is generated
+    check_generation(v, lengths="gen_length" in given or "max_new_tokens" in given)
 
 
-def check_generation(v: Mapping[str, Any]) -> None:
-    """Validate generation settings (model_args merged with one request's gen_kwargs)."""
+def check_generation(v: Mapping[str, Any], *, lengths: bool = True) -> None:
+    """Validate generation settings (model_args merged with one request's gen_kwargs);
+    ``lengths=False`` skips the gen_length / block_length / steps divisibility checks."""
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ModelArgsError(msg)
@@ -358,7 +361,7 @@ def check_generation(v: Mapping[str, Any]) -> None:
     dream = [k for k in ("alg", "top_p", "top_k") if v.get(k) is not None]
     need(not (llada and dream), f"{llada} (LLaDA-style) and {dream} (Dream-style) cannot be "
          "combined; choose one generation style")
-    if bl is not None:
+    if bl is not None and lengths:
         need(gl % bl == 0, f"gen_length ({gl}) must be a multiple of block_length ({bl})")
         n_blocks = gl // bl
         s = gl if steps is None else steps
@@ -417,7 +420,8 @@ def _split_arg_string(text: str) -> dict[str, Any]:
 
 def merge_generation(base: ModelArgs, gen_kwargs: Mapping[str, Any],
                      default_family_alg: str | None,
-                     warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     warn: Callable[[str], None] | None = None, *,
+                     lengths: bool = True) -> dict[str, Any]:
     """Generation settings for one request group: model_args defaults updated by the task's
     ``generation_kwargs`` (which ``--gen_kwargs`` has already updated).
 
@@ -460,7 +464,7 @@ def merge_generation(base: ModelArgs, gen_kwargs: Mapping[str, Any],
         out["alg"] = default_family_alg
     if out["top_p"] is not None and out["top_p"] >= 1.0:
         out["top_p"] = None
-    check_generation(out)
+    check_generation(out, lengths=lengths)
     out["style"] = "dream" if out["alg"] is not None else "llada"
     if out["style"] == "llada":
         foreign = [k for k in ("top_p", "top_k") if out[k] is not None]

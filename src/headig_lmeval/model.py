@@ -90,7 +90,9 @@ class HeadigDLLM(TemplateLM):
         a = self.args
         family_name = _read_family(a.pretrained)
         self._default_alg = _FAMILY_DEFAULT_ALG.get(family_name or "")
-        merge_generation(a, {}, self._default_alg)  # fail fast on generation settings
+        # fail fast on generation settings (lengths only when gen_length is a model arg)
+        merge_generation(a, {}, self._default_alg,
+                         lengths=bool({"gen_length", "max_new_tokens"} & a.given))
 
         self._setup_distributed(a.device)
         dtype = a.dtype
@@ -170,6 +172,10 @@ class HeadigDLLM(TemplateLM):
             self._rank, self._world_size = 0, 1
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
+            elif str(device).startswith("cuda") and not torch.cuda.is_available():
+                # lm-eval's CLI defaults to cuda:0; like --model hf, run where we can
+                log.warning("device=%s requested but CUDA is not available; using cpu", device)
+                device = "cpu"
             try:
                 self._device = torch.device(device)
             except RuntimeError as err:
