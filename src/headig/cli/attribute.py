@@ -1,0 +1,623 @@
+"""``headig attribute``: score every attention head of a diffusion LM on a data set.
+
+Writes into ``--out``:
+
+* ``head_importance.safetensors`` (+ its ``head_importance.json`` summary): the
+  :class:`~headig.importance.HeadImportance` (positive = the head helps);
+* ``attribution.json``: every setting, the encoding report (dropped / truncated examples),
+  the completeness summary and per-example residuals, timings, versions and a status;
+* ``checkpoint.safetensors`` while running (one per rank under ``torchrun``): per-example
+  results written atomically. Rerunning the same command after a crash resumes from it and
+  gives the same scores as an uninterrupted run. It is removed on success unless
+  ``--keep_checkpoint``.
+
+Everything that can be checked without the model (flag values, the layer range against
+``config.json``, the data, the tokenizer, the state of ``--out``) is checked before the
+model is loaded. The original research flag names are accepted (``--path_mode``,
+``--ig_steps``, ``--ig_postprocess`` ...), next to tidier aliases (``--path``, ``--steps``,
+``--postprocess``) and dashed spellings (``--mask-probs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "head_importance.safetensors"
+LOG_FILE = "attribution.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+LOG_SCHEMA = 1
+
+PATHS = {"dp": "dp", "diagonal": "dp", "stp": "stp", "random_threshold": "stp"}
+ESTIMATOR_NAMES = {
+    "ig": "ig", "integrated_gradients": "ig", "shapley_sampling": "shapley_sampling",
+    "leave_one_out": "leave_one_out", "loo": "leave_one_out",
+    "gradient_at_ones": "gradient_at_ones", "exact_shapley": "exact_shapley",
+}
+RECIPES = ("fields", "gsm8k", "mmlu", "humaneval", "chat")
+RULE_NAMES = ("right", "left", "midpoint", "trapezoid", "gauss_legendre", "ramp_gauss")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Default values in the help, and each flag's metavar shown once after its aliases."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(action.option_strings) + " " + metavar
+
+
+def _flags(*names: str) -> list[str]:
+    """Each name plus its dashed spelling (``--mask_probs`` -> also ``--mask-probs``)."""
+    out: list[str] = []
+    for n in names:
+        for v in (n, n[:2] + n[2:].replace("_", "-")):
+            if v not in out:
+                out.append(v)
+    return out
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "attribute", formatter_class=_Formatter,
+        help="score every attention head on a data set (HeadIG and other estimators)",
+        description="Attribute J = -(masked-reconstruction loss of the completions) to every "
+                    "attention head. Positive score = the head helps. A killed run rerun with "
+                    "the same command resumes from the checkpoint in --out.")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=None,
+                   help="checkpoint folder (official LLaDA/Dream layout) or cached hub id; "
+                        "default: the embedded tiny model when it is installed")
+    g.add_argument("--data", default=None,
+                   help="a .jsonl/.json/.csv file, a folder of <split>.<ext> files, or a "
+                        "Hugging Face dataset name; default with the embedded model: its "
+                        "training data")
+    g.add_argument(*_flags("--recipe"), default=None, choices=RECIPES,
+                   help="how records become (prompt, completion); default: inferred "
+                        "('fields' for files)")
+    g.add_argument(*_flags("--split"), default=None,
+                   help="split to attribute on (default: train/dev; a test split warns)")
+    g.add_argument(*_flags("--data_config"), default=None, help="Hugging Face dataset config")
+    g.add_argument(*_flags("--prompt_field"), default=None, help="fields recipe: prompt field")
+    g.add_argument(*_flags("--completion_field"), default=None,
+                   help="fields recipe: completion field")
+    g.add_argument(*_flags("--max_samples", "--limit"), type=int, default=50,
+                   help="examples to attribute (after a seeded shuffle)")
+    g.add_argument(*_flags("--max_length"), type=int, default=2048,
+                   help="tokens per example; longer ones are cut keeping the completion")
+    g.add_argument(*_flags("--num_fewshot"), type=int, default=None,
+                   help="few-shot prefix (gsm8k, mmlu)")
+    g.add_argument(*_flags("--answer_mode"), default=None, choices=("full", "final"),
+                   help="gsm8k: score the whole solution or only the final answer")
+    g.add_argument(*_flags("--chat_template"), action="store_true",
+                   help="wrap prompts in the tokenizer's chat template")
+
+    g = p.add_argument_group("estimator")
+    g.add_argument(*_flags("--estimator"), default="ig", choices=sorted(ESTIMATOR_NAMES),
+                   help="ig = HeadIG; the others are comparison estimators")
+    g.add_argument(*_flags("--path", "--path_mode"), default="stp", choices=sorted(PATHS),
+                   help="IG path: stp (= random_threshold) or dp (= diagonal)")
+    g.add_argument(*_flags("--path_samples", "--samples"), type=int, default=4,
+                   help="STP path samples per example (DP is deterministic: one)")
+    g.add_argument(*_flags("--ramp"), default="original", choices=("original", "narrow"),
+                   help="STP ramp: original (u -> 1, as the paper) or narrow (fixed width)")
+    g.add_argument(*_flags("--ramp_width"), type=float, default=0.1,
+                   help="width of the narrow ramp")
+    g.add_argument(*_flags("--threshold_sampling"), default="iid",
+                   choices=("iid", "stratified", "antithetic"),
+                   help="how STP thresholds are drawn across path samples")
+    g.add_argument(*_flags("--ig_steps", "--steps"), type=int, default=8,
+                   help="quadrature steps per path sample")
+    g.add_argument(*_flags("--rule"), default=None, choices=RULE_NAMES,
+                   help="quadrature rule (default: gauss_legendre for dp, trapezoid for stp; "
+                        "'right' = the original)")
+    g.add_argument(*_flags("--baseline"), default="zero",
+                   help="gate value of an absent head: zero, scalar (uses --baseline_scalar) "
+                        "or a number below 1")
+    g.add_argument(*_flags("--baseline_scalar"), type=float, default=0.3,
+                   help="baseline gate for --baseline scalar")
+    g.add_argument(*_flags("--permutations"), type=int, default=8,
+                   help="shapley_sampling: permutations per example")
+    g.add_argument(*_flags("--max_heads"), type=int, default=16,
+                   help="exact_shapley: refuse more attributed heads than this")
+
+    g = p.add_argument_group("objective")
+    g.add_argument(*_flags("--mask_probs"), default="0.15,0.3,0.5,0.7,0.9",
+                   help="comma-separated mask probabilities of the masking variants")
+    g.add_argument(*_flags("--mask_samples_per_prob"), type=int, default=2,
+                   help="masking variants drawn per probability")
+    g.add_argument(*_flags("--loss_normalize"), default="mean_masked",
+                   choices=("mean_masked", "sum"), help="per-variant loss: mean or sum")
+    g.add_argument(*_flags("--ig_postprocess", "--postprocess"), default="signed",
+                   choices=("signed", "abs", "relu"),
+                   help="applied to each example's attribution before the mean")
+    g.add_argument(*_flags("--layer_start"), type=int, default=0,
+                   help="first attributed layer (inclusive)")
+    g.add_argument(*_flags("--layer_end"), type=int, default=-1,
+                   help="last attributed layer (inclusive, -1 = last)")
+    g.add_argument(*_flags("--seed"), type=int, default=0,
+                   help="seed of path thresholds / permutations (and default of the others)")
+    g.add_argument(*_flags("--data_seed"), type=int, default=None,
+                   help="shuffles the data before --max_samples (default: --seed)")
+    g.add_argument(*_flags("--mask_seed"), type=int, default=None,
+                   help="seeds the masking variants (default: --seed)")
+
+    g = p.add_argument_group("compute")
+    g.add_argument(*_flags("--dtype"), default="auto", choices=DTYPES,
+                   help="weights dtype (auto = as stored); gates and losses stay float32")
+    g.add_argument(*_flags("--device"), default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda when available; under "
+                        "torchrun cuda:LOCAL_RANK)")
+    g.add_argument(*_flags("--internal_batch_size", "--batch_size"), type=int, default=64,
+                   help="rows (gate point x masking variant) per forward/backward")
+    g.add_argument(*_flags("--gradient_checkpointing"), action="store_true",
+                   help="recompute activations in the backward (long sequences)")
+    g.add_argument(*_flags("--examples_per_group"), type=int, default=4,
+                   help="examples evaluated together; a checkpoint is written after each group")
+
+    g = p.add_argument_group("output")
+    g.add_argument(*_flags("--out"), required=True, help="output folder")
+    g.add_argument(*_flags("--overwrite"), action="store_true",
+                   help="discard a previous run (result or checkpoint) in --out")
+    g.add_argument(*_flags("--keep_checkpoint"), action="store_true",
+                   help="keep checkpoint.safetensors after success")
+    g.add_argument(*_flags("--no_per_example"), action="store_true",
+                   help="do not store per-example scores in the importance file")
+    g.add_argument(*_flags("--no_progress"), action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------- validation
+def _positive_int(name: str, value: int, minimum: int = 1) -> int:
+    if value < minimum:
+        raise ValueError(f"--{name}={value}; expected an integer >= {minimum}")
+    return value
+
+
+def _parse_mask_probs(text: str) -> list[float]:
+    try:
+        probs = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--mask_probs={text!r}; expected comma-separated numbers such as "
+                         "0.15,0.3,0.5,0.7,0.9") from None
+    if not probs or any(not (0.0 < p <= 1.0) or math.isnan(p) for p in probs):
+        raise ValueError(f"--mask_probs={text!r}; expected probabilities in (0, 1]")
+    return probs
+
+
+def _parse_baseline(args: argparse.Namespace) -> float:
+    b = str(args.baseline).strip().lower()
+    if b == "zero":
+        value = 0.0
+    elif b == "scalar":
+        value = float(args.baseline_scalar)
+    else:
+        try:
+            value = float(b)
+        except ValueError:
+            raise ValueError(f"--baseline={args.baseline!r}; expected zero, scalar (with "
+                             "--baseline_scalar) or a number below 1") from None
+    if not math.isfinite(value) or value >= 1.0:
+        raise ValueError(f"baseline gate {value}; expected a finite value below 1 "
+                         "(0 = zero-ablation of the head)")
+    return value
+
+
+def _resolve_model(args: argparse.Namespace) -> tuple[str, bool]:
+    """The model folder and whether it is the embedded tiny model."""
+    if args.model is not None:
+        return str(args.model), False
+    try:
+        from headig.embedded import embedded_model_path
+        return str(embedded_model_path()), True
+    except (ImportError, FileNotFoundError) as err:
+        raise ValueError("--model is required (no embedded model is installed: "
+                         f"{err})") from None
+
+
+def _resolve_data(args: argparse.Namespace, model_dir: str, embedded: bool) -> str:
+    if args.data is not None:
+        return str(args.data)
+    if embedded:
+        train = Path(model_dir) / "train.jsonl"
+        if train.is_file():
+            return str(train)
+    raise ValueError("--data is required: a .jsonl/.json/.csv file, a folder of split files, "
+                     "or a dataset name")
+
+
+def _model_arch(model_dir: str) -> tuple[dict[str, Any], Any, Any]:
+    """config.json, its family spec and parsed architecture, without loading weights."""
+    from headig.models.family import spec_for_model_type
+    from headig.models.loading import _resolve_dir, read_config
+
+    folder = _resolve_dir(model_dir)
+    cfg = read_config(folder)
+    spec = spec_for_model_type(cfg.get("model_type", ""))
+    return cfg, spec, spec.parse_config(cfg)
+
+
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the torchrun / accelerate environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return rank, world, local
+
+
+def _resolve_device(requested: str | None, world: int, local_rank: int) -> str:
+    import torch
+
+    if requested is None:
+        if torch.cuda.is_available():
+            return f"cuda:{local_rank % torch.cuda.device_count()}" if world > 1 else "cuda"
+        return "cpu"
+    try:
+        dev = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device={requested!r}; expected cpu, cuda, cuda:N, mps ...") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={requested}: CUDA is not available on this machine")
+    if dev.type == "cuda" and world > 1 and dev.index is None:
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return str(dev)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate every flag (no model needed) and return the normalised run settings."""
+    estimator = ESTIMATOR_NAMES[args.estimator]
+    path = PATHS[args.path]
+    for name in ("path_samples", "ig_steps", "mask_samples_per_prob", "internal_batch_size",
+                 "max_samples", "permutations", "examples_per_group", "max_heads"):
+        _positive_int(name, getattr(args, name))
+    _positive_int("max_length", args.max_length, 2)
+    if args.num_fewshot is not None:
+        _positive_int("num_fewshot", args.num_fewshot, 0)
+    if not 0.0 < args.ramp_width <= 1.0:
+        raise ValueError(f"--ramp_width={args.ramp_width}; expected 0 < width <= 1")
+    rule = args.rule
+    if rule == "ramp_gauss" and path == "dp":
+        raise ValueError("--rule ramp_gauss integrates inside each head's own ramp and needs "
+                         "--path stp; use gauss_legendre (default) or trapezoid with dp")
+    seed = int(args.seed)
+    settings: dict[str, Any] = {
+        "estimator": estimator,
+        "mask_probs": _parse_mask_probs(args.mask_probs),
+        "mask_samples_per_prob": args.mask_samples_per_prob,
+        "loss_normalize": args.loss_normalize,
+        "postprocess": args.ig_postprocess,
+        "baseline": _parse_baseline(args),
+        "seed": seed,
+        "mask_seed": seed if args.mask_seed is None else int(args.mask_seed),
+        "data_seed": seed if args.data_seed is None else int(args.data_seed),
+        "layer_start": args.layer_start,
+        "layer_end": args.layer_end,
+    }
+    if estimator == "ig":
+        settings.update({"path": path, "steps": args.ig_steps,
+                         "rule": rule or ("gauss_legendre" if path == "dp" else "trapezoid")})
+        if path == "stp":
+            settings.update({"path_samples": args.path_samples, "ramp": args.ramp,
+                             "threshold_sampling": args.threshold_sampling})
+            if args.ramp == "narrow":
+                settings["ramp_width"] = float(args.ramp_width)
+    elif estimator == "shapley_sampling":
+        settings["permutations"] = args.permutations
+    elif estimator == "exact_shapley":
+        settings["max_heads"] = args.max_heads
+    return settings
+
+
+def _recipe_options(args: argparse.Namespace, recipe: str | None) -> dict[str, Any]:
+    """Recipe options given on the command line, refused where the recipe has no such option."""
+    given = {"num_fewshot": args.num_fewshot, "answer_mode": args.answer_mode,
+             "prompt_field": args.prompt_field, "completion_field": args.completion_field}
+    accepted = {"fields": {"prompt_field", "completion_field"},
+                "gsm8k": {"num_fewshot", "answer_mode"}, "mmlu": {"num_fewshot"},
+                "humaneval": set(), "chat": set()}[recipe or "fields"]
+    opts = {k: v for k, v in given.items() if v is not None}
+    bad = sorted(set(opts) - accepted)
+    if bad:
+        flags = ", ".join(f"--{b}" for b in bad)
+        raise ValueError(f"{flags} does not apply to recipe {recipe or 'fields'!r} (it accepts "
+                         f"{sorted('--' + a for a in accepted) or 'no options'})")
+    return opts
+
+
+def _infer_recipe(args: argparse.Namespace) -> str | None:
+    if args.recipe is not None:
+        return args.recipe
+    data = str(args.data) if args.data is not None else ""
+    if data and not Path(data).expanduser().exists():
+        for name, hub in (("gsm8k", "openai/gsm8k"), ("mmlu", "cais/mmlu"),
+                          ("humaneval", "openai/openai_humaneval")):
+            if data in (name, hub):
+                return name
+    return None
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------- output folder
+def _read_log(out: Path) -> dict[str, Any] | None:
+    log = out / LOG_FILE
+    if not log.is_file():
+        return None
+    try:
+        return json.loads(log.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    stem = Path(CHECKPOINT_FILE).stem
+    return sorted(out.glob(f"{stem}*.safetensors"))
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool, rank: int) -> str:
+    """Decide what to do with ``--out``: 'fresh', 'resume' or 'done'. Raises on conflicts."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    prev = _read_log(out) if out.is_dir() else None
+    ckpts = _checkpoints(out) if out.is_dir() else []
+    if overwrite:
+        if rank == 0:
+            for f in [*ckpts, out / RESULT_FILE, out / LOG_FILE,
+                      out / Path(RESULT_FILE).with_suffix(".json").name]:
+                f.unlink(missing_ok=True)
+        return "fresh"
+    if prev is not None and prev.get("identity") is not None:
+        changed = _diff(prev["identity"], identity)
+        if changed:
+            raise ValueError(f"--out {out} holds a run with different settings (differs in "
+                             f"{', '.join(changed)}); choose another --out or pass --overwrite")
+        if prev.get("status") == "complete" and (out / RESULT_FILE).is_file():
+            return "done"
+        return "resume" if ckpts else "fresh"
+    if (out / RESULT_FILE).is_file():
+        raise ValueError(f"--out {out} already holds {RESULT_FILE} from another run; choose "
+                         "another --out or pass --overwrite")
+    return "resume" if ckpts else "fresh"
+
+
+# ------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> int:
+    t_start = time.time()
+    settings = _settings(args)
+    rank, world, local_rank = _dist_env()
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if rank == 0 else (lambda *a: None)
+
+    model_dir, embedded = _resolve_model(args)
+    data_source = _resolve_data(args, model_dir, embedded)
+    recipe = _infer_recipe(args)
+    options = _recipe_options(args, recipe)
+    cfg, spec, arch = _model_arch(model_dir)
+    from headig.gating import layer_range
+
+    layers = layer_range(args.layer_start, args.layer_end, arch.n_layers)
+    n_attr = len(layers) * arch.n_heads
+    if settings["estimator"] == "exact_shapley" and n_attr > args.max_heads:
+        raise ValueError(f"exact_shapley over {n_attr} heads ({len(layers)} layers x "
+                         f"{arch.n_heads}) needs 2^{n_attr} evaluations per example; restrict "
+                         f"--layer_start/--layer_end or raise --max_heads")
+    from headig.models.family import resolve_dtype
+
+    resolve_dtype(None if args.dtype == "auto" else args.dtype)
+    device = _resolve_device(args.device, world, local_rank)
+
+    # Data: load, tokenize and report before the model.
+    t0 = time.time()
+    import warnings
+
+    from headig import data as hdata
+    from headig.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        examples = hdata.load_examples(data_source, recipe=recipe, split=args.split,
+                                       limit=args.max_samples, seed=settings["data_seed"],
+                                       config=args.data_config, **options)
+    for w in caught:
+        say(f"warning: {w.message}")
+    if not examples:
+        raise ValueError(f"--data {data_source} gave no examples")
+    encoded, report = hdata.encode_examples(tokenizer, examples, max_length=args.max_length,
+                                            chat_template=args.chat_template)
+    if not encoded:
+        raise ValueError(f"every example was dropped while encoding:\n{report}")
+    short = [e.id for e in encoded if e.prompt_length < spec.logit_shift]
+    if short:
+        raise ValueError(f"examples {short[:5]} have no token before the completion, which "
+                         f"{arch.family}'s shifted logits need (a BOS or prompt text)")
+    data_seconds = time.time() - t0
+
+    model_dir_path = Path(model_dir)
+    identity = {
+        "model": str(model_dir_path.resolve()) if model_dir_path.exists() else model_dir,
+        "model_config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+        .hexdigest()[:16],
+        "dtype": args.dtype,
+        "data": data_source, "recipe": recipe or "fields", "split": args.split,
+        "recipe_options": options, "max_samples": args.max_samples,
+        "max_length": args.max_length, "chat_template": bool(args.chat_template),
+        "data_fingerprint": hdata.fingerprint(examples)[:16],
+        "layers": layers, **settings,
+    }
+    out = Path(args.out).expanduser()
+    state = _prepare_out(out, identity, args.overwrite, rank)
+    if state == "done":
+        say(f"{out} already holds the finished result of this exact run "
+            f"({out / RESULT_FILE}); nothing to do (pass --overwrite to recompute)")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+
+    log: dict[str, Any] = {
+        "schema_version": LOG_SCHEMA,
+        "status": "running",
+        "identity": identity,
+        "flags": {k: v for k, v in vars(args).items() if k not in ("func",)},
+        "embedded_model": embedded,
+        "model_arch": {"family": arch.family, "n_layers": arch.n_layers,
+                       "n_heads": arch.n_heads, "n_kv_heads": arch.n_kv_heads},
+        "device": device, "world_size": world,
+        "encoding": report.to_dict(),
+        "resumed": state == "resume",
+    }
+    if rank == 0:
+        _write_json(out / LOG_FILE, log)
+    say(f"headig attribute: {len(encoded)} examples ({report.n_examples} loaded, "
+        f"{len(report.truncated)} truncated, {len(report.dropped)} dropped) from {data_source}")
+    for ex_id, why in report.dropped:
+        say(f"  dropped {ex_id}: {why}")
+    if state == "resume":
+        say(f"resuming from the checkpoint in {out}")
+
+    # Model and (optionally) the process group.
+    import torch
+
+    from headig import estimators
+    from headig.models.loading import load_model
+    from headig.objective import MaskedDiffusionObjective
+    from headig.paths import DP, STP
+
+    own_group = False
+    if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        if torch.device(device).type == "cuda":
+            torch.cuda.set_device(torch.device(device))
+        torch.distributed.init_process_group(backend)
+        own_group = True
+    try:
+        t0 = time.time()
+        model, _ = load_model(model_dir, dtype=None if args.dtype == "auto" else args.dtype,
+                              device=device, tokenizer=False)
+        load_seconds = time.time() - t0
+        say(f"loaded {model_dir} ({arch.family}, {arch.n_layers} layers x {arch.n_heads} "
+            f"heads, {next(model.parameters()).dtype}) on {device} in {load_seconds:.1f}s")
+
+        objective = MaskedDiffusionObjective(
+            mask_probs=settings["mask_probs"],
+            mask_samples_per_prob=settings["mask_samples_per_prob"],
+            loss_normalize=settings["loss_normalize"], seed=settings["mask_seed"])
+        common = dict(baseline=settings["baseline"], postprocess=settings["postprocess"],
+                      layers=layers, seed=settings["seed"], objective=objective,
+                      internal_batch_size=args.internal_batch_size,
+                      return_per_example=True, checkpoint=out / CHECKPOINT_FILE,
+                      examples_per_group=args.examples_per_group,
+                      progress=not args.no_progress)
+        est = settings["estimator"]
+        # Plain dicts: the estimators take {input_ids, prompt_length, id} rows.
+        batch = [{"input_ids": e.input_ids, "prompt_length": e.prompt_length, "id": e.id}
+                 for e in encoded]
+        t0 = time.time()
+        if est == "ig":
+            if settings["path"] == "dp":
+                path = DP()
+                if args.path_samples != 4:
+                    say("note: the diagonal path is deterministic; --path_samples is ignored")
+            else:
+                path = STP(samples=args.path_samples, ramp=args.ramp, width=args.ramp_width,
+                           sampling=args.threshold_sampling)
+            attr = estimators.integrated_gradients(
+                model, batch, path=path, steps=args.ig_steps, rule=settings["rule"],
+                gradient_checkpointing=args.gradient_checkpointing, **common)
+        elif est == "shapley_sampling":
+            attr = estimators.shapley_sampling(model, batch, permutations=args.permutations,
+                                               **common)
+        elif est == "exact_shapley":
+            attr = estimators.exact_shapley(model, batch, max_heads=args.max_heads, **common)
+        else:
+            attr = estimators.ESTIMATORS[est](model, batch, **common)
+        attr_seconds = time.time() - t0
+
+        if rank == 0:
+            imp = attr.to_importance()
+            if args.no_per_example:
+                imp.per_example = None
+            imp.meta.update({"model": identity["model"],
+                             "data": {"source": data_source, "recipe": identity["recipe"],
+                                      "split": args.split, "n_examples": len(encoded),
+                                      "fingerprint": identity["data_fingerprint"]},
+                             "tool": "headig attribute"})
+            result = imp.save(out / RESULT_FILE)
+            log.update({
+                "status": "complete",
+                "result": result.name,
+                "meta": attr.meta,
+                "completeness": _completeness(attr, est),
+                "timings": {"data_seconds": round(data_seconds, 3),
+                            "model_load_seconds": round(load_seconds, 3),
+                            "attribution_seconds": round(attr_seconds, 3),
+                            "total_seconds": round(time.time() - t_start, 3)},
+                "checkpoint": (CHECKPOINT_FILE if args.keep_checkpoint else None),
+            })
+            _write_json(out / LOG_FILE, log)
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if not args.keep_checkpoint:
+            ck = out / CHECKPOINT_FILE
+            if world > 1:
+                ck = ck.with_name(f"{ck.stem}.rank{rank}of{world}{ck.suffix}")
+            ck.unlink(missing_ok=True)
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
+
+    if rank == 0:
+        c = log["completeness"]
+        say(f"done in {attr_seconds:.1f}s: {out / RESULT_FILE}")
+        say(f"completeness: mean |residual| {c['mean_abs_residual']:.3g}, mean relative "
+            f"{c['mean_relative_residual']:.3g} (|J(1) - J(baseline)| mean "
+            f"{c['mean_abs_gap']:.3g})")
+        top = imp.top_k(min(5, n_attr))
+        say("top heads (layer, head, score): " +
+            ", ".join(f"L{layer}H{h} {s:+.3g}" for layer, h, s in top))
+    return 0
+
+
+def _completeness(attr: Any, estimator: str) -> dict[str, Any]:
+    """Summary and per-example table of Σ A_j − (J_j(1) − J_j(α0))."""
+    total = attr.per_example.sum((1, 2)) if attr.per_example is not None else None
+    rel = attr.relative_residual
+    gap = attr.j_full - attr.j_baseline
+    rows = []
+    for i, ex_id in enumerate(attr.example_ids):
+        rows.append({"id": ex_id, "j_full": float(attr.j_full[i]),
+                     "j_baseline": float(attr.j_baseline[i]),
+                     "sum_attribution": None if total is None else float(total[i]),
+                     "residual": float(attr.residual[i]), "relative_residual": float(rel[i])})
+    return {
+        "expected_zero": estimator in ("ig", "exact_shapley", "shapley_sampling"),
+        "note": "residual = sum over heads of an example's attribution - (J(1) - J(baseline)); "
+                "it tends to 0 with more steps for ig and is exactly 0 for Shapley estimators",
+        "mean_abs_residual": float(attr.residual.abs().mean()),
+        "max_abs_residual": float(attr.residual.abs().max()),
+        "mean_relative_residual": float(rel.mean()),
+        "max_relative_residual": float(rel.max()),
+        "mean_abs_gap": float(gap.abs().mean()),
+        "mean_j_full": float(attr.j_full.mean()),
+        "mean_j_baseline": float(attr.j_baseline.mean()),
+        "per_example": rows,
+    }

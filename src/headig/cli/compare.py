@@ -1,0 +1,58 @@
+"""``headig compare A B``: rank agreement and top-k overlap of two importance files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from headig.cli.show import load_importance
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "compare", help="agreement of two importance files (Spearman, Kendall, top-k overlap)",
+        description="Compare two head-importance files over their common attributed layers.")
+    p.add_argument("a", help="first importance file (or folder, or original .pt)")
+    p.add_argument("b", help="second importance file")
+    p.add_argument("--k", type=int, default=10, help="size of the top-k sets")
+    p.add_argument("--by", choices=("signed", "abs"), default="signed",
+                   help="rank the top-k by signed score or |score|")
+    p.add_argument("--original_sign", "--original-sign", choices=("loss", "helps"),
+                   default=None, help="sign of original .pt inputs (both)")
+    p.add_argument("--original_sign_a", choices=("loss", "helps"), default=None,
+                   help="sign of A when it is an original .pt (overrides --original_sign)")
+    p.add_argument("--original_sign_b", choices=("loss", "helps"), default=None,
+                   help="sign of B when it is an original .pt (overrides --original_sign)")
+    p.add_argument("--n_layers", "--n-layers", type=int, default=None,
+                   help="layer count for original .pt files covering a sub-range")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.set_defaults(func=run)
+
+
+def _num(x: float) -> str:
+    return "nan" if isinstance(x, float) and math.isnan(x) else f"{x:.4f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from headig.importance import compare
+
+    a = load_importance(args.a, args.original_sign_a or args.original_sign, args.n_layers)
+    b = load_importance(args.b, args.original_sign_b or args.original_sign, args.n_layers)
+    res = compare(a, b, k=args.k, by=args.by)
+    if args.json:
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                          for k, v in res.items()}, indent=2))
+        return 0
+    k = res["k"]
+    print(f"A: {args.a}")
+    print(f"B: {args.b}")
+    print(f"heads compared: {res['n_heads']} (layers {res['layers'][0]}-{res['layers'][-1]})")
+    print(f"spearman      {_num(res['spearman'])}")
+    print(f"kendall tau-b {_num(res['kendall'])}")
+    print(f"pearson       {_num(res['pearson'])}")
+    print(f"top-{k} overlap  {_num(res['topk_overlap'])}  ({round(res['topk_overlap'] * k)} of "
+          f"{k} heads shared, ranked by {res['by']})")
+    print(f"top-{k} jaccard  {_num(res['topk_jaccard'])}")
+    return 0
