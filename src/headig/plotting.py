@@ -105,12 +105,12 @@ def heatmap(importance: Any, *, by: str = "signed", title: str | None = None, ax
     peak = float(np.abs(shown).max()) if shown.size else 0.0
     peak = peak if peak > 0 else 1.0
     if by == "signed":
-        colormap = colormaps[cmap or "RdBu"].copy()
+        colormap = colormaps[cmap or "RdBu"]
         vmin, vmax, label = -peak, peak, "score (positive = helps)"
     else:
-        colormap = colormaps[cmap or "viridis"].copy()
+        colormap = colormaps[cmap or "viridis"]
         vmin, vmax, label = 0.0, peak, "|score| (importance magnitude)"
-    colormap.set_bad("#d0d0d0")
+    colormap = colormap.with_extremes(bad="#d0d0d0")
     im = ax.imshow(data, cmap=colormap, vmin=vmin, vmax=vmax, aspect="equal",
                    interpolation="nearest", origin="upper")
     # A colorbar exactly as tall as the (aspect-equal) image, for 2 x 4 and 32 x 32 alike.

@@ -16,7 +16,8 @@ def register(subparsers: Any) -> None:
         description="Compare two head-importance files over their common attributed layers.")
     p.add_argument("a", help="first importance file (or folder, or original .pt)")
     p.add_argument("b", help="second importance file")
-    p.add_argument("--k", type=int, default=10, help="size of the top-k sets")
+    p.add_argument("--k", type=int, default=None,
+                   help="size of the top-k sets (default: 10, or all heads when fewer)")
     p.add_argument("--by", choices=("signed", "abs"), default="signed",
                    help="rank the top-k by signed score or |score|")
     p.add_argument("--original_sign", "--original-sign", choices=("loss", "helps"),
@@ -40,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
 
     a = load_importance(args.a, args.original_sign_a or args.original_sign, args.n_layers)
     b = load_importance(args.b, args.original_sign_b or args.original_sign, args.n_layers)
-    res = compare(a, b, k=args.k, by=args.by)
+    k = args.k
+    if k is None:
+        common = set(a.layers) & set(b.layers)
+        k = max(1, min(10, len(common) * a.n_heads))
+    res = compare(a, b, k=k, by=args.by)
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
                           for k, v in res.items()}, indent=2))
