@@ -5,10 +5,6 @@ model with lm-eval when, and only when, lm-eval's registry is imported), so impo
 must stay free of torch, transformers and lm_eval. Everything heavy is loaded lazily.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
 MODEL_NAME = "headig-dllm"
 MODEL_TARGET = "headig_lmeval.model:HeadigDLLM"
 
@@ -16,7 +12,7 @@ __all__ = ["MODEL_NAME", "MODEL_TARGET", "HeadigDLLM", "ModelArgs", "parse_model
            "register"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str):  # no typing import: this module loads at interpreter start
     if name == "HeadigDLLM":
         from headig_lmeval.model import HeadigDLLM
 

@@ -2,10 +2,12 @@
 
 lm-eval 0.4.13 has no plugin discovery: its CLI resolves ``--model`` in
 ``lm_eval.api.registry.model_registry``. Importing torch or lm_eval at every interpreter
-start to register there would be slow, so ``headig_lmeval.pth`` only calls :func:`install`,
-which puts a tiny finder first on ``sys.meta_path``. The finder ignores every import except
-``lm_eval.api.registry``; when that module has executed, it registers the *string*
-placeholder ``"headig_lmeval.model:HeadigDLLM"`` (lm-eval imports the class on first use).
+start to register there would be slow, so ``headig_lmeval.pth`` defines, inline, a tiny
+finder first on ``sys.meta_path`` (no file is imported at start-up). The finder ignores every
+import except ``lm_eval.api.registry``; for that one it imports this module and delegates
+to :class:`_RegistryFinder`, whose loader registers the *string* placeholder
+``"headig_lmeval.model:HeadigDLLM"`` once the registry module has executed (lm-eval imports
+the class on first use). :func:`install` arms the same hook from Python.
 
 Order matters: ``get_model`` loads lm-eval's built-in models only into an *empty* registry,
 so registering first would hide ``--model hf``. :func:`register` therefore imports
@@ -20,13 +22,19 @@ from __future__ import annotations
 
 import os
 import sys
-from types import ModuleType
-from typing import Any
+
+# No `typing`/`types` imports at run time: this module loads at every interpreter start and
+# importing typing alone costs more than everything else here together.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
 
 MODEL_NAME = "headig-dllm"
 MODEL_TARGET = "headig_lmeval.model:HeadigDLLM"
 REGISTRY_MODULE = "lm_eval.api.registry"
 DISABLE_ENV = "HEADIG_LMEVAL_NO_HOOK"
+MARK = "_headig_lmeval_hook"  # set on every finder of ours, including the .pth bootstrap
 
 
 def register(registry_module: ModuleType | None = None) -> bool:
@@ -82,12 +90,14 @@ class _RegisteringLoader:
 class _RegistryFinder:
     """A meta-path finder that only reacts to ``lm_eval.api.registry``."""
 
+    _headig_lmeval_hook = True
+
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname != REGISTRY_MODULE:
             return None
         spec = None
         for finder in list(sys.meta_path):
-            if finder is self or isinstance(finder, _RegistryFinder):
+            if finder is self or getattr(finder, MARK, False):
                 continue
             find = getattr(finder, "find_spec", None)
             if find is None:
@@ -116,7 +126,7 @@ def install() -> bool:
             return register(sys.modules[REGISTRY_MODULE])
         except Exception:
             return False
-    if any(isinstance(f, _RegistryFinder) for f in sys.meta_path):
+    if installed():
         return False
     sys.meta_path.insert(0, _RegistryFinder())
     return True
@@ -124,4 +134,4 @@ def install() -> bool:
 
 def installed() -> bool:
     """Whether the start-up hook is armed in this interpreter (before lm-eval is imported)."""
-    return any(isinstance(f, _RegistryFinder) for f in sys.meta_path)
+    return any(getattr(f, MARK, False) for f in sys.meta_path)

@@ -327,6 +327,7 @@ class HeadigDLLM(TemplateLM):
             "headig_model_args": self.args.fingerprint_items(),
             "headig_removed_heads": self.removed_heads,
             "headig_fingerprint": self._fingerprint,
+            "headig_world_size": self._world_size,
             "model_dtype": str(self.model.dtype),
         }
 
