@@ -1,0 +1,218 @@
+"""Per-head block budgets: how many key blocks each head keeps, with an exact total.
+
+Uniform sparse attention keeps ``u = ceil(keep * n_blocks)`` key blocks per query block in
+every head. Importance-adaptive attention redistributes the *same* total ``L * H * u`` among
+the heads: a monotone map turns scores into weights, the weights are scaled (and clamped
+to ``[min_keep, max_keep]``) until they sum to the total, and largest-remainder rounding
+makes the integer counts add up exactly. So adaptive and uniform runs always spend the same
+number of key blocks, which makes their accuracies comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+KV_GROUPS = ("query", "kv")
+_EPS = 1e-9
+
+
+def n_blocks_for(seq_len: int, block_size: int) -> int:
+    """Number of (query or key) blocks covering ``seq_len`` tokens; the last may be partial."""
+    return -(-int(seq_len) // int(block_size))
+
+
+def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """``value`` as a float in (0, 1] (or [0, 1]); a clear error otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in {'[0' if allow_zero else '(0'}, 1]; "
+                        f"got {type(value).__name__}")
+    v = float(value)
+    low_ok = v >= 0.0 if allow_zero else v > 0.0
+    if not (math.isfinite(v) and low_ok and v <= 1.0):
+        raise ValueError(f"{name}={value}; expected a fraction in "
+                         f"{'[0' if allow_zero else '(0'}, 1] of the key blocks")
+    return v
+
+
+def uniform_count(n_blocks: int, keep: float) -> int:
+    """Key blocks kept per head by uniform sparsity: ``ceil(keep * n_blocks)``, at least 1.
+
+    Rounding up means a head never keeps less than the fraction ``keep``.
+    """
+    if n_blocks < 1:
+        raise ValueError(f"n_blocks={n_blocks}; expected at least 1 block")
+    return min(n_blocks, max(1, math.ceil(keep * n_blocks - _EPS)))
+
+
+def count_limits(n_blocks: int, keep: float, min_keep: float | None,
+                 max_keep: float) -> tuple[int, int, int]:
+    """(lo, uniform, hi) block counts per head for these fractions.
+
+    ``lo = max(1, ceil(min_keep * n))`` and ``hi = floor(max_keep * n)``, widened to the
+    uniform count when rounding alone would exclude it (e.g. keep = max_keep = 0.3 with
+    n = 8 blocks gives uniform 3 but floor(2.4) = 2).
+    """
+    keep = check_fraction("keep", keep)
+    max_keep = check_fraction("max_keep", max_keep)
+    if min_keep is not None:
+        min_keep = check_fraction("min_keep", min_keep, allow_zero=True)
+        if min_keep > keep:
+            raise ValueError(f"min_keep={min_keep} is larger than keep={keep}; the uniform "
+                             "budget must lie between min_keep and max_keep")
+    if max_keep < keep:
+        raise ValueError(f"max_keep={max_keep} is smaller than keep={keep}; the uniform "
+                         "budget must lie between min_keep and max_keep")
+    u = uniform_count(n_blocks, keep)
+    lo = 1 if min_keep is None else max(1, math.ceil(min_keep * n_blocks - _EPS))
+    lo = min(lo, u)
+    hi = max(u, min(n_blocks, math.floor(max_keep * n_blocks + _EPS)))
+    return lo, u, hi
+
+
+def importance_weights(scores: Tensor, *, clip: Sequence[float] = (5.0, 95.0),
+                       strength: float = 2.0 / 3.0) -> Tensor:
+    """Monotone map from head scores to positive weights (float64, same shape).
+
+    The scores are pooled, clipped at the ``clip`` percentiles and scaled to ``n`` in
+    [0, 1]; the weight is ``1 + strength * (2n - 1)``, so with the default strength 2/3 the
+    weights run from 1/3 to 5/3 (the research code's map). Equal scores (for example an
+    all-ones importance) give equal weights, hence exactly the uniform budget.
+    """
+    if not 0.0 <= strength < 1.0:
+        raise ValueError(f"strength={strength}; expected 0 <= strength < 1 (weights must stay > 0)")
+    lo_p, hi_p = float(clip[0]), float(clip[1])
+    if not 0.0 <= lo_p <= hi_p <= 100.0:
+        raise ValueError(f"clip={tuple(clip)}; expected two percentiles 0 <= low <= high <= 100")
+    s = scores.detach().to(torch.float64).flatten()
+    lo = torch.quantile(s, lo_p / 100.0)
+    hi = torch.quantile(s, hi_p / 100.0)
+    span = float(hi - lo)
+    if span <= 1e-12 * max(1.0, float(hi.abs()), float(lo.abs())):
+        return torch.ones_like(scores, dtype=torch.float64)
+    n = (s.clamp(lo, hi) - lo) / span
+    return (1.0 + strength * (2.0 * n - 1.0)).view(scores.shape)
+
+
+def allocate(weights: Tensor, total: int, lo: int, hi: int, tiebreak: Tensor | None = None) -> Tensor:
+    """Integer counts in ``[lo, hi]`` proportional to ``weights`` that sum to ``total`` exactly.
+
+    The continuous solution is ``clamp(lam * w, lo, hi)`` with ``lam`` found by bisection;
+    its floors are topped up by largest remainder (ties: larger ``tiebreak`` first, then
+    lower index). Counts are monotone: a larger weight never gets a smaller count, and among
+    equal weights a larger ``tiebreak`` never gets a smaller count.
+    """
+    w = weights.detach().to(torch.float64).flatten()
+    n = w.numel()
+    if n == 0:
+        raise ValueError("no heads to allocate blocks to")
+    if not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
+        raise ValueError("weights must be finite and positive")
+    if not n * lo <= total <= n * hi:
+        raise ValueError(f"cannot give {n} heads between {lo} and {hi} blocks each with a "
+                         f"total of {total}")
+    tb = torch.zeros(n, dtype=torch.float64) if tiebreak is None else \
+        tiebreak.detach().to(torch.float64).flatten().cpu()
+    w = w.cpu()
+    a, b = 0.0, float(hi) / float(w.min())
+    for _ in range(200):
+        mid = 0.5 * (a + b)
+        if float((mid * w).clamp(lo, hi).sum()) < total:
+            a = mid
+        else:
+            b = mid
+    x = (b * w).clamp(lo, hi)
+    base = torch.floor(x).clamp(lo, hi)
+    frac = x - base
+    counts = base.to(torch.long)
+    index = torch.arange(n, dtype=torch.float64)
+    remaining = total - int(counts.sum())
+    while remaining != 0:  # one pass always suffices in exact arithmetic; loop for rounding
+        if remaining > 0:
+            cand = torch.nonzero(counts < hi).flatten()
+            # sort by frac desc, tiebreak desc, index asc (lexsort via successive stable sorts)
+            order = cand[torch.argsort(index[cand], stable=True)]
+            order = order[torch.argsort(-tb[order], stable=True)]
+            order = order[torch.argsort(-frac[order], stable=True)]
+            pick = order[:remaining]
+            counts[pick] += 1
+            remaining -= pick.numel()
+        else:
+            cand = torch.nonzero(counts > lo).flatten()
+            order = cand[torch.argsort(-index[cand], stable=True)]
+            order = order[torch.argsort(tb[order], stable=True)]
+            order = order[torch.argsort(frac[order], stable=True)]
+            pick = order[:-remaining]
+            counts[pick] -= 1
+            remaining += pick.numel()
+        frac = torch.zeros_like(frac)
+    return counts.view(weights.shape)
+
+
+def _as_scores(scores: object) -> Tensor:
+    if hasattr(scores, "scores") and hasattr(scores, "layers"):  # a HeadImportance
+        scores = scores.scores  # type: ignore[attr-defined]
+    if not isinstance(scores, Tensor):
+        try:
+            scores = torch.as_tensor(scores)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"scores must be a [L, H] tensor or a HeadImportance; got "
+                            f"{type(scores).__name__}") from err
+    if not scores.is_floating_point():
+        scores = scores.to(torch.float64)
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be 2-D [layers, heads]; got shape {tuple(scores.shape)}")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores contain NaN or inf; importance scores must be finite")
+    return scores
+
+
+def head_budgets(scores: Tensor | None, n_blocks: int, keep: float, *,
+                 n_layers: int | None = None, n_heads: int | None = None,
+                 min_keep: float | None = None, max_keep: float = 1.0,
+                 increases_keep: bool = True, kv_groups: str = "query", group_size: int = 1,
+                 clip: Sequence[float] = (5.0, 95.0), strength: float = 2.0 / 3.0) -> Tensor:
+    """Key blocks kept per query block by each head: LongTensor [L, H].
+
+    Args:
+        scores: importance [L, H] (positive = the head helps) or a HeadImportance (its
+            ``.scores`` are used as given, so pass only the rows you budget); None gives the
+            uniform budget (then ``n_layers`` and ``n_heads`` give the shape).
+        n_blocks: key blocks in the sequence (``ceil(T / block_size)``).
+        keep: uniform fraction of key blocks per head, in (0, 1].
+        min_keep, max_keep: per-head fraction clamps (min_keep None = at least 1 block).
+        increases_keep: True gives more blocks to higher scores; False reverses the map.
+        kv_groups: "query" budgets every query head; "kv" averages scores over the
+            ``group_size`` query heads that share a KV head and gives them one budget.
+        clip, strength: the score -> weight map, see :func:`importance_weights`.
+
+    The sum always equals ``L * H * ceil(keep * n_blocks)``, the uniform total.
+    """
+    if kv_groups not in KV_GROUPS:
+        raise ValueError(f"kv_groups={kv_groups!r}; expected one of {list(KV_GROUPS)}")
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1:
+        raise ValueError(f"n_blocks={n_blocks!r}; expected a positive int")
+    lo, u, hi = count_limits(n_blocks, keep, min_keep, max_keep)
+    if scores is None:
+        if n_layers is None or n_heads is None:
+            raise ValueError("uniform budgets (scores=None) need n_layers and n_heads")
+        return torch.full((int(n_layers), int(n_heads)), u, dtype=torch.long)
+    s = _as_scores(scores).detach().to("cpu", torch.float64)
+    n_l, n_h = s.shape
+    if (n_layers is not None and n_layers != n_l) or (n_heads is not None and n_heads != n_h):
+        raise ValueError(f"scores have shape {tuple(s.shape)}; expected [{n_layers}, {n_heads}]")
+    if not increases_keep:
+        s = -s
+    g = int(group_size)
+    if kv_groups == "kv" and g > 1:
+        if n_h % g:
+            raise ValueError(f"{n_h} heads cannot form KV groups of {g}")
+        s = s.view(n_l, n_h // g, g).mean(-1)
+    w = importance_weights(s, clip=clip, strength=strength)
+    counts = allocate(w, s.numel() * u, lo, hi, tiebreak=s)
+    if kv_groups == "kv" and g > 1:
+        counts = counts.repeat_interleave(g, dim=1)
+    return counts
