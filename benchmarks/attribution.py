@@ -1,0 +1,462 @@
+"""Speed and accuracy of HeadIG, measured side by side in one run (CPU or GPU).
+
+Speed (default):
+
+  (a) gate overhead: one gradient evaluation of headig (gated forward + backward w.r.t.
+      the gates, through ``evaluate_points``) vs a plain forward + backward of the same
+      rows without gates (backward to the input embeddings, so both graphs span every
+      layer and neither computes parameter gradients);
+  (b) batched (``internal_batch_size`` 8/32/64 rows) vs one row at a time (1);
+  (c) time to a score: headig vs a faithful re-creation of the original sequential
+      algorithm (right Riemann, P path samples, one example at a time, one batch-1 forward
+      per masking variant and one backward per IG point: P·K·V forwards, P·K backwards) at
+      equal settings and with the same thresholds and masks, so the scores must agree.
+
+Accuracy (``--accuracy``) on the tiny fixtures: completeness residual vs steps for DP/STP
+x rules, and agreement of every estimator with exact Shapley values.
+
+Models: the vendored tiny fixtures (2 layers x 4 heads) and a random LLaDA-format model
+built in memory (default 4 layers x 8 heads, d_model 256, sequences of 256 tokens).
+Every timing is the median of ``--repeats`` runs after a warm-up.
+
+    python benchmarks/attribution.py                 # speed, a few minutes on 2 CPU cores
+    python benchmarks/attribution.py --accuracy      # + the accuracy study
+    python benchmarks/attribution.py --device cuda --big-layers 8 --big-seq 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import headig
+from headig.estimators import (
+    exact_shapley,
+    gradient_at_ones,
+    integrated_gradients,
+    leave_one_out,
+    shapley_sampling,
+)
+from headig.gating import HeadGate
+from headig.models.family import Family, spec_for_model_type
+from headig.models.modeling import DiffusionLM
+from headig.objective import (
+    MaskedDiffusionObjective,
+    PointRequest,
+    as_items,
+    evaluate_points,
+    row_losses,
+    seed_from,
+)
+from headig.paths import DP, STP
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+
+
+# ----------------------------------------------------------------------------- helpers
+def random_llada(n_layers: int, n_heads: int, d_model: int, vocab: int = 4096,
+                 seed: int = 0, device: str = "cpu") -> DiffusionLM:
+    """A randomly initialised LLaDA-format model (no files), frozen like a loaded one."""
+    cfg = {"model_type": "llada", "d_model": d_model, "n_heads": n_heads,
+           "n_kv_heads": n_heads, "n_layers": n_layers, "mlp_hidden_size": 3 * d_model,
+           "vocab_size": vocab, "embedding_size": vocab, "mask_token_id": vocab - 1,
+           "pad_token_id": vocab - 2, "rope_theta": 500000.0, "max_sequence_length": 8192}
+    spec = spec_for_model_type("llada")
+    torch.manual_seed(seed)
+    model = DiffusionLM(Family(spec=spec, arch=spec.parse_config(cfg), native=True))
+    for block in model.layers:  # keep activations O(1) through depth
+        for lin in block.modules():
+            if isinstance(lin, torch.nn.Linear):
+                torch.nn.init.normal_(lin.weight, std=d_model ** -0.5)
+    model.to(device).requires_grad_(False).eval()
+    model.name_or_path = f"random-llada-{n_layers}x{n_heads}-d{d_model}"
+    return model
+
+
+def random_batch(n: int, length: int, prompt: int, vocab: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, vocab - 8, (length,), generator=g),
+             "prompt_length": prompt, "id": f"ex{i}"} for i in range(n)]
+
+
+def timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None],
+          warmup: bool = True) -> tuple[float, Any]:
+    """Median wall time of ``fn`` over ``repeats`` runs (after one warm-up); last result."""
+    out = None
+    if warmup:
+        out = fn()
+        sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def syncer(device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header] + [[c if isinstance(c, str) else f"{c:.4g}" for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [f"\n## {title}", "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells[1:]]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- (a) overhead
+def gate_overhead(model, item_batch, objective, rows: int, repeats: int, device: str):
+    """Seconds per chunk of ``rows`` rows: headig engine, bare gated core, plain fwd+bwd."""
+    family = model.family
+    layers = list(range(family.n_layers))
+    item = as_items(item_batch[:1])[0]
+    v = objective.variants(item)
+    n_var = v.masks.shape[0]
+    q = max(1, rows // n_var)
+    g = torch.Generator().manual_seed(0)
+    gates = torch.rand(q, family.n_layers, family.n_heads, generator=g)
+    req = [PointRequest(item, gates)]
+    sync = syncer(device)
+
+    def engine():
+        return evaluate_points(model, objective, req, layers=layers, with_grad=True,
+                               internal_batch_size=q * n_var)
+
+    # The same rows, prebuilt on the device.
+    masks = v.masks.repeat(q, 1)
+    ids = item.input_ids.to(device)
+    inputs = ids.masked_fill(masks.to(device), family.mask_token_id)
+    targets = ids.expand_as(inputs)
+    masked = masks.to(device)
+    row_gates = gates.repeat_interleave(n_var, 0).to(device)
+
+    def gated_core():
+        gg = row_gates.clone().requires_grad_(True)
+        with HeadGate(model, gg, layers=layers):
+            loss = row_losses(model, family, inputs, targets, masked, None, "mean_masked")
+            (grad,) = torch.autograd.grad(loss.sum(), gg)
+        return grad
+
+    captured: dict[str, torch.Tensor] = {}
+
+    def leaf_hook(module, args, out):
+        out = out.detach().requires_grad_(True)
+        captured["emb"] = out
+        return out
+
+    def plain():
+        handle = model.embed.register_forward_hook(leaf_hook)
+        try:
+            loss = row_losses(model, family, inputs, targets, masked, None, "mean_masked")
+            (grad,) = torch.autograd.grad(loss.sum(), captured["emb"])
+        finally:
+            handle.remove()
+        return grad
+
+    def forward_only():
+        with torch.no_grad():
+            return row_losses(model, family, inputs, targets, masked, None, "mean_masked")
+
+    t_engine, _ = timed(engine, repeats, sync)
+    t_core, _ = timed(gated_core, repeats, sync)
+    t_plain, _ = timed(plain, repeats, sync)
+    t_fwd, _ = timed(forward_only, repeats, sync)
+    return {"rows": q * n_var, "engine": t_engine, "core": t_core, "plain": t_plain,
+            "forward": t_fwd}
+
+
+# ----------------------------------------------------------------------------- (c) original
+def original_sequential(model, batch, objective: MaskedDiffusionObjective, path: Any,
+                        steps: int, baseline: float, seed: int,
+                        path_samples: int | None = None) -> torch.Tensor:
+    """The original algorithm as it ran: per example, per path sample, per IG point
+    τ_k = k/K, one batch-1 forward per masking variant computing the full logits (graph
+    kept over the variants), one backward, right-Riemann accumulation
+    g(τ_k)·(α(τ_k) − α(τ_{k−1})), then the mean over path samples.
+
+    For a comparable result it uses headig's thresholds and masks (the V draws, duplicates
+    included) and applies Dream's logit shift, which the original forgot. With a
+    deterministic path (DP) it repeats the identical path ``path_samples`` times, as the
+    original did. Returns scores [L, H] with headig's sign (positive = helps).
+    """
+    import torch.nn.functional as F
+
+    family = model.family
+    device = next(model.parameters()).device
+    layers = list(range(family.n_layers))
+    shape = (family.n_layers, family.n_heads)
+    shift = family.logit_shift
+    per_example = []
+    for item in as_items(batch):
+        var = objective.variants(item)
+        total = int(objective.mask_samples_per_prob) * len(objective.mask_probs)
+        counts = (var.weights * total).round().long()
+        masks = var.masks.repeat_interleave(counts, 0).to(device)  # V draws, duplicates kept
+        ids = item.input_ids.to(device)
+        gen = torch.Generator().manual_seed(seed_from(seed, item.id, "path"))
+        ramps = path.sample_ramps(shape, gen)
+        if isinstance(path, DP) and path_samples:
+            ramps = ramps * int(path_samples)
+        ig = torch.zeros(shape, dtype=torch.float64)
+        for u, w in ramps:
+            def alpha(tau: float, u=u, w=w) -> torch.Tensor:
+                return baseline + (1.0 - baseline) * ((tau - u) / w).clamp(0.0, 1.0)
+
+            prev = alpha(0.0)
+            for k in range(1, steps + 1):
+                a = alpha(k / steps)
+                g = a.float().to(device).requires_grad_(True)
+                with HeadGate(model, g, layers=layers):
+                    loss = 0.0
+                    for m in masks:
+                        logits = model(ids.masked_fill(m, family.mask_token_id)[None]).logits[0]
+                        pos = m.nonzero().flatten()
+                        ce = F.cross_entropy(logits[pos - shift].float(), ids[pos],
+                                             reduction="sum" if objective.loss_normalize == "sum"
+                                             else "mean")
+                        loss = loss + ce
+                    loss = loss / masks.shape[0]
+                    (grad,) = torch.autograd.grad(loss, g)
+                ig += grad.double().cpu() * (a - prev)
+                prev = a
+        per_example.append(-ig / len(ramps))  # IG of the loss -> IG of J = -loss
+    return torch.stack(per_example).mean(0).float()
+
+
+# ----------------------------------------------------------------------------- speed
+
+def batching(args: argparse.Namespace, name: str, model, length: int, prompt: int,
+             n_ex: int) -> list[Any]:
+    """Row of table (b) for one model: the same IG run at several internal batch sizes."""
+    sync = syncer(args.device)
+    batch = random_batch(n_ex, length, prompt, model.family.arch.vocab_size, seed=1)
+    n_var = len(args.mask_probs) * args.mask_samples
+    settings = dict(path=STP(samples=args.path_samples), steps=args.steps, rule="right",
+                    mask_probs=args.mask_probs, mask_samples_per_prob=args.mask_samples)
+    timings, scores = {}, {}
+    for ibs in (1, 8, 32, 64):
+        t, a = timed(lambda ibs=ibs: integrated_gradients(
+            model, batch, internal_batch_size=ibs, return_per_example=False, **settings),
+            args.repeats_slow, sync, warmup=False)
+        timings[ibs], scores[ibs] = t, a.scores
+        print(f"(b) {name} ibs {ibs}: {t:.3f}s", file=sys.stderr, flush=True)
+    ref = scores[64]
+    spread = max((s - ref).abs().max().item() for s in scores.values())
+    n_rows = n_ex * args.path_samples * args.steps * n_var
+    return [name, f"{n_ex}x{args.path_samples}x{args.steps}x{n_var}={n_rows}",
+            timings[1], timings[8], timings[32], timings[64],
+            timings[1] / timings[32], timings[1] / timings[64], spread / ref.abs().max().item()]
+
+
+def versus_original(args: argparse.Namespace, label: str, model, batch: list[dict], path: Any,
+                    mask_probs: tuple[float, ...], mask_samples: int) -> list[Any]:
+    """Row of table (c): the original re-creation vs headig (right rule, same settings)."""
+    sync = syncer(args.device)
+    obj = MaskedDiffusionObjective(mask_probs=mask_probs, mask_samples_per_prob=mask_samples,
+                                   seed=0)
+    n_var_unique = sum(obj.variants(it).masks.shape[0] for it in as_items(batch))
+    t_orig, orig = timed(lambda: original_sequential(
+        model, batch, obj, path, args.steps, 0.0, 0, path_samples=args.path_samples),
+        args.repeats_slow, sync, warmup=False)
+    kw = dict(steps=args.steps, internal_batch_size=64, return_per_example=False,
+              mask_probs=mask_probs, mask_samples_per_prob=mask_samples)
+    t_new, new = timed(lambda: integrated_gradients(model, batch, path=path, rule="right", **kw),
+                       args.repeats_slow, sync, warmup=False)
+    t_default, _ = timed(lambda: integrated_gradients(model, batch, path=path, **kw),
+                         args.repeats_slow, sync, warmup=False)
+    print(f"(c) {label}: original {t_orig:.3f}s, headig {t_new:.3f}s", file=sys.stderr,
+          flush=True)
+    diff = (orig - new.scores).abs().max().item() / new.scores.abs().max().item()
+    p = args.path_samples
+    v = len(mask_probs) * mask_samples
+    n = len(batch)
+    pts = args.steps * (1 if isinstance(path, DP) else p)
+    return [label, f"{n * p * args.steps * v} / {n * p * args.steps}",
+            f"{pts * n_var_unique} / {-(-pts * n_var_unique // 64)}", t_orig, t_new,
+            t_orig / t_new, diff, t_default]
+
+
+def speed(args: argparse.Namespace) -> str:
+    device = args.device
+    out = []
+    models = []
+    for name in ("tiny-llada", "tiny-dream"):
+        m, _ = headig.load_model(FIXTURES / name, device=device, tokenizer=False)
+        models.append((name, m, 64, 32, args.tiny_examples))
+    big = random_llada(args.big_layers, args.big_heads, args.big_d, device=device)
+    models.append((big.name_or_path, big, args.big_seq, args.big_seq // 4 * 3,
+                   args.big_examples))
+
+    # (a) gate overhead
+    rows_a = []
+    for name, model, length, prompt, _ in models:
+        batch = random_batch(1, length, prompt, model.family.arch.vocab_size)
+        obj = MaskedDiffusionObjective(mask_probs=(0.15, 0.3, 0.5, 0.7), mask_samples_per_prob=2,
+                                       seed=0)
+        for rows in ((8, 32) if length <= 64 else (4, 16)):
+            r = gate_overhead(model, batch, obj, rows, args.repeats, device)
+            rows_a.append([name, f"{length}", f"{r['rows']}", r["plain"] * 1e3,
+                           r["core"] * 1e3, r["engine"] * 1e3, r["core"] / r["plain"],
+                           r["engine"] / r["plain"], r["forward"] / r["plain"]])
+            print(f"(a) {name} rows {rows}: {r}", file=sys.stderr, flush=True)
+    out.append(table(
+        "(a) one gradient evaluation (ms per chunk of rows)",
+        ["model", "seq", "rows", "plain fwd+bwd", "gated fwd+bwd", "headig engine",
+         "gated/plain", "engine/plain", "fwd-only/plain"], rows_a))
+
+    # (b) batched vs one row at a time
+    rows_b = [batching(args, name, model, length, prompt, n_ex)
+              for name, model, length, prompt, n_ex in models]
+    out.append(table(
+        "(b) integrated_gradients wall time (s) by internal_batch_size (rows per forward)",
+        ["model", "rows (ex x P x K x V)", "ibs 1", "ibs 8", "ibs 32", "ibs 64", "1/32",
+         "1/64", "max rel. score diff"], rows_b))
+
+    # (c) vs the original sequential algorithm
+    mp, ms = args.mask_probs, args.mask_samples
+    stp = STP(samples=args.path_samples)
+    rows_c = []
+    for name, model, length, prompt, n_ex in models:
+        batch = random_batch(n_ex, length, prompt, model.family.arch.vocab_size, seed=1)
+        rows_c.append(versus_original(args, f"{name} STP", model, batch, stp, mp, ms))
+    name, model, length, prompt, n_ex = models[-1]
+    vocab = model.family.arch.vocab_size
+    batch = random_batch(n_ex, length, prompt, vocab, seed=1)
+    rows_c.append(versus_original(args, f"{name} DP (original: P identical copies)", model,
+                                  batch, DP(), mp, ms))
+    short = random_batch(n_ex, length - (length - prompt) + 2, prompt, vocab, seed=1)
+    rows_c.append(versus_original(args, f"{name} 2-token completion, V=10", model, short, stp,
+                                  (0.15, 0.3, 0.5, 0.7, 0.9), 2))
+    n_var = len(mp) * ms
+    out.append(table(
+        f"(c) time to score (s): original sequential vs headig at equal settings (right "
+        f"Riemann, P={args.path_samples}, K={args.steps}, V={n_var} unless stated)",
+        ["case", "original fwds / bwds", "headig rows / chunks", "original", "headig",
+         "speed-up", "max rel. score diff", f"headig trapezoid K={args.steps}"], rows_c))
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- accuracy
+def accuracy_for_model(args: argparse.Namespace, name: str) -> list[str]:
+    """Completeness-vs-steps and agreement-with-exact-Shapley tables for one fixture."""
+    out = []
+    steps_grid = (1, 2, 4, 8, 16, 32)
+    kw = dict(mask_probs=(0.15, 0.3, 0.5, 0.7, 0.9), mask_samples_per_prob=2, seed=0)
+    model, _ = headig.load_model(FIXTURES / name, device=args.device, tokenizer=False)
+    batch = random_batch(args.acc_examples, 24, 12, model.family.arch.vocab_size, seed=2)
+    rows = []
+    configs = [("DP", DP(), r) for r in ("right", "trapezoid", "gauss_legendre")]
+    configs += [("STP P=4", STP(samples=4), r) for r in ("right", "trapezoid",
+                                                        "gauss_legendre")]
+    for label, path, rule in configs:
+        row = [label, rule]
+        for k in steps_grid:
+            a = integrated_gradients(model, batch, path=path, steps=k, rule=rule,
+                                     return_per_example=False, **kw)
+            row.append(float(a.relative_residual.mean()))
+        rows.append(row)
+    out.append(table(f"completeness: mean relative residual |Σ IG − ΔJ| / |ΔJ| vs steps "
+                     f"K ({name}, {args.acc_examples} examples, V=10)",
+                     ["path", "rule"] + [f"K={k}" for k in steps_grid], rows))
+
+    exact = exact_shapley(model, batch, **kw)
+    ref = exact.per_example.flatten(1)
+    ref_imp = exact.to_importance()
+    n = model.family.n_layers * model.family.n_heads
+    narrow = dict(ramp="narrow", width=0.05, sampling="antithetic")
+    configs = [
+        ("DP gauss_legendre K=8", "8 grads", integrated_gradients,
+         dict(path=DP(), steps=8)),
+        ("STP original P=4 trapezoid K=8 (default)", "36 grads", integrated_gradients,
+         dict(path=STP(samples=4), steps=8)),
+        ("STP original P=4 right K=8 (original)", "32 grads", integrated_gradients,
+         dict(path=STP(samples=4), steps=8, rule="right")),
+        ("STP original P=16 trapezoid K=8", "144 grads", integrated_gradients,
+         dict(path=STP(samples=16), steps=8)),
+        ("STP original P=16 stratified trapezoid K=8", "144 grads", integrated_gradients,
+         dict(path=STP(samples=16, sampling="stratified"), steps=8)),
+        ("STP narrow w=0.05 P=4 antithetic ramp_gauss K=2", f"{4 * 2 * n} grads",
+         integrated_gradients, dict(path=STP(samples=4, **narrow), steps=2, rule="ramp_gauss")),
+        ("STP narrow w=0.05 P=16 antithetic ramp_gauss K=2", f"{16 * 2 * n} grads",
+         integrated_gradients, dict(path=STP(samples=16, **narrow), steps=2,
+                                    rule="ramp_gauss")),
+        ("shapley_sampling 8 perms", f"{8 * (n + 1)} fwds", shapley_sampling,
+         dict(permutations=8)),
+        ("shapley_sampling 32 perms", f"{32 * (n + 1)} fwds", shapley_sampling,
+         dict(permutations=32)),
+        ("leave_one_out", f"{n + 1} fwds", leave_one_out, {}),
+        ("gradient_at_ones", "1 grad", gradient_at_ones, {}),
+    ]
+    rows = []
+    for label, cost, fn, extra in configs:
+        a = fn(model, batch, **extra, **kw)
+        pe = a.per_example.flatten(1)
+        rel = ((pe - ref).norm(dim=1) / ref.norm(dim=1)).mean().item()
+        c = headig.compare(a.to_importance(), ref_imp, k=3)
+        rows.append([label, cost, rel, c["spearman"], c["topk_overlap"],
+                     float(a.relative_residual.mean())])
+        print(f"accuracy {name} {label} done", file=sys.stderr, flush=True)
+    out.append(table(
+        f"agreement with exact Shapley ({name}, {n} heads, {2 ** n} coalitions, "
+        f"{args.acc_examples} examples; cost per example per masking variant)",
+        ["estimator", "cost", "rel. L2 error per example", "spearman of the means",
+         "top-3 overlap", "rel. residual"], rows))
+    return out
+
+
+def accuracy(args: argparse.Namespace) -> str:
+    out = []
+    for name in ("tiny-llada", "tiny-dream"):
+        out += accuracy_for_model(args, name)
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 gives stable timings on a shared machine)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of the timings (a)")
+    p.add_argument("--repeats-slow", type=int, default=3, help="repeats of the timings (b, c)")
+    p.add_argument("--big-layers", type=int, default=4)
+    p.add_argument("--big-heads", type=int, default=8)
+    p.add_argument("--big-d", type=int, default=256)
+    p.add_argument("--big-seq", type=int, default=256)
+    p.add_argument("--big-examples", type=int, default=1)
+    p.add_argument("--tiny-examples", type=int, default=4)
+    p.add_argument("--path-samples", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--mask-probs", type=lambda s: tuple(float(x) for x in s.split(",")),
+                   default=(0.3, 0.7))
+    p.add_argument("--mask-samples", type=int, default=2)
+    p.add_argument("--accuracy", action="store_true", help="also run the accuracy study")
+    p.add_argument("--accuracy-only", action="store_true")
+    p.add_argument("--acc-examples", type=int, default=8)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"# headig {headig.__version__}, torch {torch.__version__}, device {args.device}, "
+          f"{torch.get_num_threads()} threads")
+    t0 = time.time()
+    if not args.accuracy_only:
+        print(speed(args), flush=True)
+    if args.accuracy or args.accuracy_only:
+        print(accuracy(args), flush=True)
+    print(f"\n(total {time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
