@@ -79,6 +79,8 @@ def as_items(batch: Any) -> list[Item]:
             get = ex.get if isinstance(ex, Mapping) else (lambda k, d=None, ex=ex: getattr(ex, k, d))
             ids = torch.as_tensor(get("input_ids")).cpu().long().flatten()
             comp = get("completion_mask")
+            if callable(comp):  # headig.data.EncodedExample.completion_mask() is a method
+                comp = comp()
             if comp is None:
                 p = get("prompt_length")
                 if p is None:
