@@ -1,8 +1,8 @@
 """Block-sparse attention kernels over a :class:`~headig.sparse.patterns.BlockPattern`.
 
-- ``"flex"``: PyTorch's ``flex_attention``, compiled once with dynamic shapes, so new
-  sequence lengths and batch sizes reuse the compiled kernel (one graph per dtype and per
-  with/without key padding). The block structure comes only from the BlockMask indices; the
+- ``"flex"``: PyTorch's ``flex_attention``, compiled once with dynamic shapes and run one
+  batch row at a time, so new sequence lengths and batch sizes reuse the compiled kernel
+  (one graph per dtype, GQA and with/without key padding). The block structure comes only from the BlockMask indices; the
   mask function is used only for key padding. Uncompiled flex_attention ignores the
   indices, so it is never used.
 - ``"gather"``: pure PyTorch fallback: for each group of heads with the same budget, gather
@@ -61,31 +61,46 @@ def _compiled_flex() -> Callable:
         if _compiled is None:
             from torch.nn.attention.flex_attention import flex_attention
 
+            log.info("compiling flex_attention for block-sparse attention (once per process; "
+                     "torch caches the kernel on disk)")
             _compiled = torch.compile(flex_attention, dynamic=True)
         return _compiled
 
 
 def flex_sparse(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
                 key_valid: Tensor | None = None) -> Tensor:
-    """Compiled flex_attention over the pattern (raises if compilation fails)."""
+    """Compiled flex_attention over the pattern (raises if compilation fails).
+
+    Batch rows run one at a time: PyTorch compiles flex_attention with static batch and
+    head sizes, so one row per call keeps a single compiled graph for every batch size and
+    length (per dtype, GQA and key-padding variant). The compiled function never silently
+    falls back to eager flex_attention (which would ignore the block pattern): hitting the
+    recompile limit raises instead.
+    """
     from torch.nn.attention.flex_attention import BlockMask
 
-    t = q.shape[-2]
-    if key_valid is None:
-        mask_mod = None
-    else:
-        kvalid = key_valid.contiguous()
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return kvalid[b, kv_idx]
-
+    b, _, t, _ = q.shape
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    block_mask = BlockMask.from_kv_blocks(
-        pattern.counts, pattern.indices, BLOCK_SIZE=pattern.block_size, mask_mod=mask_mod,
-        seq_lengths=(t, t), compute_q_blocks=grad)
+    gqa = q.shape[1] != k.shape[1]
     fn = _compiled_flex()
-    return fn(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=block_mask,
-              enable_gqa=q.shape[1] != k.shape[1])
+    outs = []
+    for row in range(b):
+        if key_valid is None:
+            mask_mod = None
+        else:
+            kvalid = key_valid[row:row + 1].contiguous()
+
+            def mask_mod(b, h, q_idx, kv_idx, kvalid=kvalid):
+                return kvalid[b, kv_idx]
+
+        block_mask = BlockMask.from_kv_blocks(
+            pattern.counts[row:row + 1], pattern.indices[row:row + 1],
+            BLOCK_SIZE=pattern.block_size, mask_mod=mask_mod, seq_lengths=(t, t),
+            compute_q_blocks=grad)
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            outs.append(fn(q[row:row + 1].contiguous(), k[row:row + 1].contiguous(),
+                           v[row:row + 1].contiguous(), block_mask=block_mask, enable_gqa=gqa))
+    return outs[0] if b == 1 else torch.cat(outs, dim=0)
 
 
 def gather_sparse(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,

@@ -286,10 +286,13 @@ class SparseAttentionPatch:
             self._logged.add(key)
             log.log(level, msg + " (logged once)", *args)
 
-    def _kernel_for(self, device: torch.device) -> str:
+    def _kernel_for(self, q: Tensor, k: Tensor, v: Tensor) -> str:
         if self.kernel != "auto":
             return self.kernel
-        return "flex" if flex_available(device) else "gather"
+        if q.device.type == "cpu" and torch.is_grad_enabled() and (
+                q.requires_grad or k.requires_grad or v.requires_grad):
+            return "gather"  # flex_attention has no CPU backward
+        return "flex" if flex_available(q.device) else "gather"
 
     def _min_len(self, device: torch.device) -> int:
         if self.min_seq_len is not None:
@@ -362,7 +365,7 @@ class SparseAttentionPatch:
 
     def _run(self, q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
              key_valid: Tensor | None) -> Tensor:
-        name = self._kernel_for(q.device)
+        name = self._kernel_for(q, k, v)
         if name == "flex":
             try:
                 out = run_kernel("flex", q, k, v, pattern, key_valid)

@@ -112,7 +112,7 @@ def block_scores(q: Tensor, k: Tensor, block_size: int, *, key_valid: Tensor | N
     nb = n_blocks_for(t, bs)
     tp = nb * bs
     scale = d ** -0.5
-    kf = k.float()
+    kf = k if k.dtype == torch.float32 else k.float()
     # query-row weights: real tokens of the block, or all of its rows if it has none
     rows = torch.ones(b, t, device=q.device, dtype=torch.float32)
     if key_valid is not None:
@@ -128,17 +128,19 @@ def block_scores(q: Tensor, k: Tensor, block_size: int, *, key_valid: Tensor | N
         key_bias = key_bias[:, None, None, :]
 
     out = torch.empty(b, kv, g, nb, nb, device=q.device, dtype=torch.float32)
-    qf = _pad_tokens(q, tp, 2).view(b, kv, g, nb, bs, d)
+    qf = _pad_tokens(q, tp, 2).reshape(b, kv, g, nb, bs, d)
     if estimate == "pooled":
-        qbar = (qf.float() * rows[:, None, None, :, :, None]).sum(-2)  # [B, KV, g, nb, D]
+        # weighted mean query of each block, [B, KV, g, nb, D], pre-scaled
+        qbar = torch.matmul((rows * scale)[:, None, None, :, None, :], qf.float()).squeeze(-2)
         per_q = max(1, _CHUNK_ELEMENTS // max(1, b * g * nb * t))
         for s in range(0, kv, per_q):
             e = min(kv, s + per_q)
             logits = torch.matmul(qbar[:, s:e].flatten(2, 3), kf[:, s:e].transpose(-1, -2))
-            logits = logits * scale
             if key_bias is not None:
                 logits = logits + key_bias
-            p = torch.softmax(logits, dim=-1).nan_to_num_(0.0)
+            p = torch.softmax(logits, dim=-1)
+            if key_bias is not None:
+                p = p.nan_to_num_(0.0)
             p = _pad_tokens(p, tp, -1).view(b, e - s, g, nb, nb, bs).sum(-1)
             out[:, s:e] = p
         return out.view(b, h, nb, nb)
@@ -150,8 +152,11 @@ def block_scores(q: Tensor, k: Tensor, block_size: int, *, key_valid: Tensor | N
         logits = torch.matmul(qc, kf.transpose(-1, -2)) * scale  # [B, KV, g*n*bs, T]
         if key_bias is not None:
             logits = logits + key_bias
-        p = torch.softmax(logits, dim=-1).nan_to_num_(0.0).view(b, kv, g, e - s, bs, t)
-        p = (p * rows[:, None, None, s:e, :, None]).sum(-2)  # [B, KV, g, n, T]
+        p = torch.softmax(logits, dim=-1)
+        if key_bias is not None:
+            p = p.nan_to_num_(0.0)
+        p = p.view(b, kv, g, e - s, bs, t)
+        p = torch.matmul(rows[:, None, None, s:e, None, :], p).squeeze(-2)  # [B, KV, g, n, T]
         out[:, :, :, s:e] = _pad_tokens(p, tp, -1).view(b, kv, g, e - s, nb, bs).sum(-1)
     return out.view(b, h, nb, nb)
 
