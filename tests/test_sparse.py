@@ -167,6 +167,36 @@ def test_pattern_follows_attention_mass(estimate):
     assert torch.equal(p.counts, torch.full((1, 2, 8), 2, dtype=torch.int32))
 
 
+
+def test_block_scores_match_a_direct_computation(monkeypatch):
+    import headig.sparse.patterns as patterns
+
+    gen = torch.Generator().manual_seed(11)
+    q, k = torch.randn(2, 4, 37, 8, generator=gen), torch.randn(2, 2, 37, 8, generator=gen)
+    valid = torch.ones(2, 37, dtype=torch.bool)
+    valid[0, :5] = False  # row 0: block 0 is all padding (its rows all vote), block 1 half
+    exact = patterns.block_scores(q, k, 4, key_valid=valid, estimate="exact")
+    pooled = patterns.block_scores(q, k, 4, key_valid=valid, estimate="pooled")
+    # reference: full softmax, rows weighted by real tokens of the block, sums per key block
+    s = (q @ k.repeat_interleave(2, 1).transpose(-1, -2)) / math.sqrt(8)
+    prob = torch.softmax(s.masked_fill(~valid[:, None, None, :], float("-inf")), -1)
+    per_key_block = F.pad(prob, [0, 3, 0, 3]).view(2, 4, 40, 10, 4).sum(-1)  # [B,H,Tq,nk]
+    w = F.pad(valid.float(), [0, 3]).view(2, 10, 4)
+    w = torch.where(w.sum(-1, keepdim=True) > 0, w, F.pad(torch.ones(2, 37), [0, 3]).view(2, 10, 4))
+    w = w / w.sum(-1, keepdim=True)
+    ref = (per_key_block.view(2, 4, 10, 4, 10) * w[:, None, :, :, None]).sum(3)
+    torch.testing.assert_close(exact, ref, atol=1e-6, rtol=1e-5)
+    qbar = (F.pad(q, [0, 0, 0, 3]).view(2, 4, 10, 4, 8) * w[:, None, :, :, None]).sum(3)
+    sp = (qbar @ k.repeat_interleave(2, 1).transpose(-1, -2)) / math.sqrt(8)
+    sp = torch.softmax(sp.masked_fill(~valid[:, None, None, :], float("-inf")), -1)
+    torch.testing.assert_close(pooled, F.pad(sp, [0, 3]).view(2, 4, 10, 10, 4).sum(-1),
+                               atol=1e-6, rtol=1e-5)
+    assert bool(exact[0, :, :, 0].eq(0).all())  # a block of padding gets no mass
+    # chunking the scratch space changes nothing
+    monkeypatch.setattr(patterns, "_CHUNK_ELEMENTS", 100)
+    assert torch.equal(patterns.block_scores(q, k, 4, key_valid=valid, estimate="exact"), exact)
+    assert torch.equal(patterns.block_scores(q, k, 4, key_valid=valid, estimate="pooled"), pooled)
+
 # ----------------------------------------------------------------------------- kernels
 
 

@@ -144,20 +144,24 @@ def block_scores(q: Tensor, k: Tensor, block_size: int, *, key_valid: Tensor | N
             p = _pad_tokens(p, tp, -1).view(b, e - s, g, nb, nb, bs).sum(-1)
             out[:, s:e] = p
         return out.view(b, h, nb, nb)
-    # exact: chunks of query blocks, all heads at once
-    per = max(1, _CHUNK_ELEMENTS // max(1, b * h * bs * t))
-    for s in range(0, nb, per):
-        e = min(nb, s + per)
-        qc = qf[:, :, :, s:e].float().reshape(b, kv, g * (e - s) * bs, d)
-        logits = torch.matmul(qc, kf.transpose(-1, -2)) * scale  # [B, KV, g*n*bs, T]
-        if key_bias is not None:
-            logits = logits + key_bias
-        p = torch.softmax(logits, dim=-1)
-        if key_bias is not None:
-            p = p.nan_to_num_(0.0)
-        p = p.view(b, kv, g, e - s, bs, t)
-        p = torch.matmul(rows[:, None, None, s:e, None, :], p).squeeze(-2)  # [B, KV, g, n, T]
-        out[:, :, :, s:e] = _pad_tokens(p, tp, -1).view(b, kv, g, e - s, nb, bs).sum(-1)
+    # exact: chunks of KV heads x query blocks, bounded scratch
+    per_kv = max(1, min(kv, _CHUNK_ELEMENTS // max(1, b * g * bs * t)))
+    per = max(1, _CHUNK_ELEMENTS // max(1, b * per_kv * g * bs * t))
+    for s0 in range(0, kv, per_kv):
+        e0 = min(kv, s0 + per_kv)
+        for s in range(0, nb, per):
+            e = min(nb, s + per)
+            qc = qf[:, s0:e0, :, s:e].float().reshape(b, e0 - s0, g * (e - s) * bs, d)
+            logits = torch.matmul(qc, kf[:, s0:e0].transpose(-1, -2)) * scale
+            if key_bias is not None:
+                logits = logits + key_bias
+            p = torch.softmax(logits, dim=-1)
+            if key_bias is not None:
+                p = p.nan_to_num_(0.0)
+            p = p.view(b, e0 - s0, g, e - s, bs, t)
+            p = torch.matmul(rows[:, None, None, s:e, None, :], p).squeeze(-2)  # [B,k,g,n,T]
+            out[:, s0:e0, :, s:e] = _pad_tokens(p, tp, -1).view(
+                b, e0 - s0, g, e - s, nb, bs).sum(-1)
     return out.view(b, h, nb, nb)
 
 
