@@ -588,3 +588,18 @@ def test_gradients_flow_through_sparse_attention(loaded):
     assert alpha.grad is not None and bool(torch.isfinite(alpha.grad).all())
     assert float(alpha.grad.abs().sum()) > 0
     assert patch.stats["kernel_gather"] >= 1  # layer 1's q/k/v depend on the gates
+
+
+def test_dream_generation_integration(loaded, golden):
+    generation = pytest.importorskip("headig.generation")
+    model, _ = loaded("tiny-dream")
+    g = golden("tiny-dream")
+    prompt = g["generate.prompt"]
+    kw = dict(steps=8, gen_length=8, alg="entropy", temperature=0.0)
+    with torch.no_grad():
+        with SparseAttentionPatch(model, "adaptive", keep=1.0, skip=0.5, block_size=2,
+                                  min_seq_len=0, kernel="gather", kv_groups="kv",
+                                  importance=torch.randn(2, 4)) as patch:
+            out = generation.generate(model, prompt, **kw)
+    assert torch.equal(out, g["generate.entropy"])
+    assert patch.stats["builds"] == 2 and patch.stats["dense_schedule"] > 0
