@@ -336,10 +336,10 @@ def test_pruned_variant_changes_outputs(importance_file):
 
 @pytest.mark.parametrize("attention", ["uniform", "adaptive"])
 def test_sparse_variant_changes_outputs(importance_file, attention):
-    pytest.importorskip("headig.sparse", reason="headig.sparse has not landed")
     base = cached(LLADA)
     extra = {"importance": str(importance_file)} if attention == "adaptive" else {}
-    sparse = make(LLADA, attention=attention, keep=0.25, block_size=2, skip=0.0, **extra)
+    sparse = make(LLADA, attention=attention, keep=0.25, block_size=2, skip=0.0,
+                  min_seq_len=0, sparse_kernel="gather", **extra)
     assert sparse.sparse is not None
     text = "If the implementation is hard to explain, it's a bad idea. Errors should never pass"
     reqs = [ll_req(text, " silently.")]

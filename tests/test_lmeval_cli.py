@@ -213,8 +213,7 @@ def _leaves_as_str(x):
 @pytest.mark.parametrize("entry, bad, message", [
     ([sys.executable, "-m", "lm_eval", "run", "--model", "headig-dllm"], "prune=most,prune_k=2",
      "needs importance"),
-    ([sys.executable, "-m", "headig_lmeval.cli"], "bogus_arg=1",
-     "unknown headig-dllm model_args 'bogus_arg'"),
+    ([str(BIN / "headig-eval")], "bogus_arg=1", "unknown headig-dllm model_args 'bogus_arg'"),
 ])
 def test_entry_points_fail_fast_on_bad_args(tmp_path, entry, bad, message):
     """`python -m lm_eval run` finds the model through the hook and the model refuses the

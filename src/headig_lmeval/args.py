@@ -23,6 +23,7 @@ REMASKING = ("low_confidence", "random")
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 KV_GROUPS = ("query", "kv")
+SPARSE_KERNELS = ("auto", "flex", "gather", "dense_mask")
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,15 @@ ARGS: tuple[Arg, ...] = (
         None, "intervention"),
     Arg("min_keep", "float", None, "adaptive attention: lowest per-head keep ratio", None,
         "intervention"),
+    Arg("max_keep", "float", None, "adaptive attention: highest per-head keep ratio",
+        None, "intervention"),
     Arg("kv_groups", "str", None, "adaptive attention under GQA: per query head or per KV "
         "group", KV_GROUPS, "intervention"),
+    Arg("min_seq_len", "int", None, "sparse attention: shorter sequences stay dense "
+        "(library default: measured per device, 1024 tokens); 0 always runs sparse", None,
+        "intervention"),
+    Arg("sparse_kernel", "str", None, "sparse attention kernel (library default auto: "
+        "compiled flex_attention, else gather)", SPARSE_KERNELS, "intervention"),
     Arg("importance", "str", None, "head importance file (.safetensors from headig, or the "
         "original head_importance.pt); needed by prune=most|least and attention=adaptive",
         None, "intervention"),
@@ -299,19 +307,21 @@ def _checks(v: dict[str, Any], given: set[str]) -> None:
         v["gen_length"] = v["max_new_tokens"]
     v["max_new_tokens"] = None
     # sparse attention
-    sparse_only = [k for k in ("keep", "skip", "block_size", "min_keep", "kv_groups")
-                   if v[k] is not None]
+    sparse_only = [k for k in ("keep", "skip", "block_size", "min_keep", "max_keep",
+                               "kv_groups", "min_seq_len", "sparse_kernel") if v[k] is not None]
     if v["attention"] == "standard":
         need(not sparse_only, f"{sparse_only} only apply to sparse attention; add "
              "attention=uniform or attention=adaptive")
     if v["attention"] == "uniform":
-        bad = [k for k in ("min_keep", "kv_groups") if v[k] is not None]
+        bad = [k for k in ("min_keep", "max_keep", "kv_groups") if v[k] is not None]
         need(not bad, f"{bad} only apply to attention=adaptive")
     need(v["keep"] is None or 0 < v["keep"] <= 1, f"keep={v['keep']}: expected a fraction "
          "in (0, 1]")
     need(v["skip"] is None or 0 <= v["skip"] < 1, f"skip={v['skip']}: expected a fraction "
          "in [0, 1)")
     need(v["min_keep"] is None or 0 < v["min_keep"] <= 1, "min_keep must be in (0, 1]")
+    need(v["max_keep"] is None or 0 < v["max_keep"] <= 1, "max_keep must be in (0, 1]")
+    need(v["min_seq_len"] is None or v["min_seq_len"] >= 0, "min_seq_len must be >= 0")
     need(v["block_size"] is None or v["block_size"] >= 1, "block_size must be >= 1")
     need(v["attention"] != "adaptive" or v["importance"] is not None,
          "attention=adaptive needs importance=FILE (per-head keep ratios come from the scores)")
@@ -458,6 +468,10 @@ def merge_generation(base: ModelArgs, gen_kwargs: Mapping[str, Any],
         if k in kw:
             out[k] = None if kw[k] is None else str(kw[k]).lower()
     if kw.get("do_sample") is False or str(kw.get("do_sample")).lower() == "false":
+        if out["temperature"] and warn is not None:
+            warn(f"do_sample=false in the task's generation_kwargs overrides temperature="
+                 f"{out['temperature']}; pass --gen_kwargs do_sample=true,temperature=... to "
+                 "sample")
         out["temperature"] = 0.0
     style_llada = out["block_length"] is not None or out["remasking"] is not None
     if out["alg"] is None and not style_llada and default_family_alg is not None:

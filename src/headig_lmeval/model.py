@@ -222,7 +222,9 @@ class HeadigDLLM(TemplateLM):
                                      f"headig install lacks ({err})") from None
             kwargs = {k: v for k, v in (("keep", a.keep), ("skip", a.skip),
                                          ("block_size", a.block_size), ("min_keep", a.min_keep),
-                                         ("kv_groups", a.kv_groups)) if v is not None}
+                                         ("max_keep", a.max_keep), ("kv_groups", a.kv_groups),
+                                         ("min_seq_len", a.min_seq_len),
+                                         ("kernel", a.sparse_kernel)) if v is not None}
             if a.attention == "adaptive":
                 kwargs["importance"] = self.importance
             try:
