@@ -339,3 +339,29 @@ def test_compare(two_runs, capsys):
     assert same["spearman"] == pytest.approx(1.0) and same["topk_overlap"] == 1.0
     assert main(["compare", str(ig), str(ig), "--k", "99"]) == 2
     assert "k=99" in capsys.readouterr().err
+
+
+def test_defaults_to_the_embedded_model_and_its_training_data(tmp_path, monkeypatch):
+    """Without --model/--data the embedded tiny model and its train.jsonl are used."""
+    import shutil
+
+    embedded = pytest.importorskip("headig.embedded")
+
+    folder = tmp_path / "tiny-dllm"
+    shutil.copytree(FIXTURES / "tiny-llada", folder)
+    rows = [{"prompt": f"copy: a b {c} =", "completion": f" a b {c}", "task": "copy"}
+            for c in "cdefg"]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr(embedded, "embedded_model_path", lambda: folder)
+    out = tmp_path / "o"
+    assert main(["attribute", "--out", str(out), "--max_samples", "3", *FAST, *IG]) == 0
+    log = json.loads((out / "attribution.json").read_text())
+    assert log["embedded_model"] is True
+    assert log["identity"]["data"] == str(folder / "train.jsonl")
+    assert log["encoding"]["n_kept"] == 3
+
+    def missing():
+        raise FileNotFoundError("no assets")
+
+    monkeypatch.setattr(embedded, "embedded_model_path", missing)
+    assert main(["attribute", "--out", str(tmp_path / "o2")]) == 2

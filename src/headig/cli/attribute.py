@@ -581,6 +581,9 @@ def run(args: argparse.Namespace) -> int:
             if world > 1:
                 ck = ck.with_name(f"{ck.stem}.rank{rank}of{world}{ck.suffix}")
             ck.unlink(missing_ok=True)
+            if rank == 0:  # also leftovers of an earlier attempt with another world size
+                for leftover in _checkpoints(out):
+                    leftover.unlink(missing_ok=True)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
