@@ -79,6 +79,11 @@ def test_attribute_writes_results_equal_to_library(name, flags, jsonl, tmp_path)
     np.testing.assert_allclose([r["residual"] for r in per], ref.residual.numpy(), rtol=1e-9)
     assert log["completeness"]["mean_abs_residual"] == pytest.approx(
         float(ref.residual.abs().mean()), rel=1e-9)
+    gap = (ref.j_full - ref.j_baseline).abs().sum()
+    assert log["completeness"]["aggregate_relative_residual"] == pytest.approx(
+        float(ref.residual.abs().sum() / gap), rel=1e-9)
+    assert imp.meta["completeness"]["aggregate_relative_residual"] == pytest.approx(
+        log["completeness"]["aggregate_relative_residual"])
     assert imp.meta["rule"] == "trapezoid" and imp.meta["samples"] == 2
     assert imp.meta["mask_seed"] == (5 if name == "tiny-dream" else 0)
 
@@ -263,7 +268,8 @@ def test_show(two_runs, capsys):
     text = capsys.readouterr().out
     assert "estimator: integrated_gradients" in text and "STP (2 samples" in text
     assert "rule: trapezoid, 3 steps" in text
-    assert "completeness residual: mean |residual|" in text
+    agg = imp.meta["completeness"]["aggregate_relative_residual"]
+    assert f"completeness residual: {agg:.3g} of |J(1) - J(baseline)|" in text
     assert imp.layer_head_table() in text
     layer, head, score = imp.top_k(1)[0]
     assert f"1  L{layer:<3} H{head:<3} {score:+.4g}" in text

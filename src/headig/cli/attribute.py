@@ -561,12 +561,15 @@ def run(args: argparse.Namespace) -> int:
                                       "split": args.split, "n_examples": len(encoded),
                                       "fingerprint": identity["data_fingerprint"]},
                              "tool": "headig attribute"})
+            completeness = _completeness(attr, est)
+            imp.meta["completeness"]["aggregate_relative_residual"] = \
+                completeness["aggregate_relative_residual"]
             result = imp.save(out / RESULT_FILE)
             log.update({
                 "status": "complete",
                 "result": result.name,
                 "meta": attr.meta,
-                "completeness": _completeness(attr, est),
+                "completeness": completeness,
                 "timings": {"data_seconds": round(data_seconds, 3),
                             "model_load_seconds": round(load_seconds, 3),
                             "attribution_seconds": round(attr_seconds, 3),
@@ -591,9 +594,9 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         c = log["completeness"]
         say(f"done in {attr_seconds:.1f}s: {out / RESULT_FILE}")
-        say(f"completeness: mean |residual| {c['mean_abs_residual']:.3g}, mean relative "
-            f"{c['mean_relative_residual']:.3g} (|J(1) - J(baseline)| mean "
-            f"{c['mean_abs_gap']:.3g})")
+        say(f"completeness residual: {c['aggregate_relative_residual']:.3g} of |J(1) - "
+            f"J(baseline)| (sum over examples; mean |residual| {c['mean_abs_residual']:.3g}, "
+            f"mean |J(1) - J(baseline)| {c['mean_abs_gap']:.3g})")
         top = imp.top_k(min(5, n_attr))
         say("top heads (layer, head, score): " +
             ", ".join(f"L{layer}H{h} {s:+.3g}" for layer, h, s in top))
@@ -614,7 +617,11 @@ def _completeness(attr: Any, estimator: str) -> dict[str, Any]:
     return {
         "expected_zero": estimator in ("ig", "exact_shapley", "shapley_sampling"),
         "note": "residual = sum over heads of an example's attribution - (J(1) - J(baseline)); "
-                "it tends to 0 with more steps for ig and is exactly 0 for Shapley estimators",
+                "it tends to 0 with more steps for ig and is exactly 0 for Shapley estimators. "
+                "aggregate_relative_residual = sum |residual| / sum |J(1) - J(baseline)|, "
+                "robust to examples whose J barely changes",
+        "aggregate_relative_residual": float(attr.residual.abs().sum() /
+                                             gap.abs().sum().clamp_min(1e-12)),
         "mean_abs_residual": float(attr.residual.abs().mean()),
         "max_abs_residual": float(attr.residual.abs().max()),
         "mean_relative_residual": float(rel.mean()),

@@ -103,8 +103,11 @@ def summary_lines(imp: Any) -> list[str]:
         lines.append(f"examples: {n}{src}" + (f" (fingerprint {fp})" if fp else ""))
     comp = m.get("completeness")
     if isinstance(comp, dict):
-        lines.append(f"completeness residual: mean |residual| "
-                     f"{_fmt(comp.get('mean_abs_residual'))}, mean relative "
+        agg = comp.get("aggregate_relative_residual")
+        lines.append("completeness residual: " +
+                     (f"{_fmt(agg)} of |J(1) - J(baseline)| (sum over examples), "
+                      if agg is not None else "") +
+                     f"mean |residual| {_fmt(comp.get('mean_abs_residual'))}, mean relative "
                      f"{_fmt(comp.get('mean_relative_residual'))}")
     if "seconds" in m:
         lines.append(f"time: {m['seconds']} s on {m.get('device')} ({m.get('dtype')}), "
