@@ -101,14 +101,22 @@ def test_bad_args_fail_with_clear_message(kwargs, pattern):
         parse_model_args(args)
 
 
-def test_bad_args_fail_before_loading(monkeypatch):
+def test_bad_args_fail_before_loading(monkeypatch, tmp_path):
     import headig
 
     def boom(*a, **k):
         raise AssertionError("weights must not be loaded for invalid arguments")
 
     monkeypatch.setattr(headig, "load_model", boom)
+    wrong = tmp_path / "wrong.safetensors"
+    HeadImportance(scores=torch.ones(3, 4)).save(wrong)
     t0 = time.perf_counter()
+    with pytest.raises(ModelArgsError, match=r"shape \(3, 4\).*\[2, 4\]"):
+        make(LLADA, importance=str(wrong), prune="most", prune_k=1)
+    with pytest.raises(ModelArgsError, match="prune: k=8"):
+        make(LLADA, prune="random", prune_k=8)  # 8 heads in all: cannot remove every one
+    with pytest.raises(ModelArgsError, match="out of range"):
+        make(LLADA, prune="random", prune_k=1, layers="0;5")
     with pytest.raises(ModelArgsError, match="needs importance"):
         make(LLADA, prune="least", prune_k_frac=0.25)
     with pytest.raises(ModelArgsError, match="only apply to Dream-style"):

@@ -60,18 +60,21 @@ def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _read_family(pretrained: str) -> str | None:
-    """Family name from config.json without loading weights (None if not a local folder)."""
+def _read_arch(pretrained: str) -> tuple[str, int, int] | None:
+    """(family name, layers, heads) from config.json, without loading weights; None when
+    ``pretrained`` is not a local folder (a hub id is resolved by the loader)."""
     cfg = Path(pretrained).expanduser() / "config.json"
     if not cfg.is_file():
         return None
-    model_type = str(json.loads(cfg.read_text()).get("model_type", "")).lower()
     from headig.models.family import spec_for_model_type
 
+    config = json.loads(cfg.read_text())
     try:
-        return spec_for_model_type(model_type).name
-    except ValueError as err:
-        raise ModelArgsError(str(err)) from None
+        spec = spec_for_model_type(str(config.get("model_type", "")))
+        arch = spec.parse_config(config)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelArgsError(f"pretrained={pretrained!r}: {err}") from None
+    return spec.name, arch.n_layers, arch.n_heads
 
 
 class HeadigDLLM(TemplateLM):
@@ -88,11 +91,15 @@ class HeadigDLLM(TemplateLM):
         super().__init__()
         self.args: ModelArgs = parse_model_args({"pretrained": pretrained, **kwargs})
         a = self.args
-        family_name = _read_family(a.pretrained)
-        self._default_alg = _FAMILY_DEFAULT_ALG.get(family_name or "")
+        arch = _read_arch(a.pretrained)
+        self._default_alg = _FAMILY_DEFAULT_ALG.get(arch[0] if arch else "")
         # fail fast on generation settings (lengths only when gen_length is a model arg)
         merge_generation(a, {}, self._default_alg,
                          lengths=bool({"gen_length", "max_new_tokens"} & a.given))
+        # importance file and head selection are checked before the weights are loaded
+        self.importance = self._load_importance(arch[1:]) if arch else None
+        if arch and a.prune is not None:
+            self._select(torch.zeros(arch[1], arch[2]))
 
         self._setup_distributed(a.device)
         dtype = a.dtype
@@ -115,7 +122,9 @@ class HeadigDLLM(TemplateLM):
         self._max_length = a.max_length or arch_max or 4096
         self._batch_size = a.max_batch_size if a.batch_size == "auto" else a.batch_size
 
-        self.importance = self._load_importance()
+        if arch is None:
+            self.importance = self._load_importance((self.family.n_layers,
+                                                     self.family.n_heads))
         self.head_mask = None
         self.sparse = None
         self._apply_interventions()
@@ -181,7 +190,7 @@ class HeadigDLLM(TemplateLM):
             except RuntimeError as err:
                 raise ModelArgsError(f"device={device!r}: {err}") from None
 
-    def _load_importance(self):
+    def _load_importance(self, shape: tuple[int, int]):
         a = self.args
         if a.importance is None:
             return None
@@ -190,30 +199,37 @@ class HeadigDLLM(TemplateLM):
         path = Path(a.importance).expanduser()
         kwargs: dict[str, Any] = {}
         if a.importance_sign is not None:
-            kwargs = {"original_sign": a.importance_sign, "n_layers": self.family.n_layers}
+            kwargs = {"original_sign": a.importance_sign, "n_layers": shape[0]}
         try:
             imp = HeadImportance.load(path, **kwargs)
-        except ValueError as err:
+        except (ValueError, OSError) as err:
             raise ModelArgsError(f"importance={a.importance!r}: {err}") from None
-        expected = (self.family.n_layers, self.family.n_heads)
-        if tuple(imp.scores.shape) != expected:
+        if tuple(imp.scores.shape) != tuple(shape):
             raise ModelArgsError(f"importance={a.importance!r} has scores of shape "
                                  f"{tuple(imp.scores.shape)}, but the model has [layers, heads] "
-                                 f"= {list(expected)}")
+                                 f"= {list(shape)}")
         return imp
+
+    def _select(self, zeros: torch.Tensor) -> torch.Tensor:
+        """The heads to keep (bool [L, H]); raises ModelArgsError for an impossible choice."""
+        a = self.args
+        from headig.gating import select_heads
+
+        scores = self.importance if self.importance is not None else zeros
+        try:
+            return select_heads(scores, a.prune, k=a.prune_k, k_frac=a.prune_k_frac,
+                                layers=resolve_layers(a.layers, zeros.shape[0]), seed=a.seed,
+                                by=a.prune_by)
+        except ValueError as err:
+            raise ModelArgsError(f"prune: {err}") from None
 
     def _apply_interventions(self) -> None:
         a = self.args
         if a.prune is not None:
-            scores = self.importance if self.importance is not None else torch.zeros(
-                self.family.n_layers, self.family.n_heads)
-            layers = resolve_layers(a.layers, self.family.n_layers)
-            try:
-                self.head_mask = headig.HeadMask.from_scores(
-                    self.model, scores, a.prune, k=a.prune_k, k_frac=a.prune_k_frac,
-                    layers=layers, seed=a.seed, by=a.prune_by).apply()
-            except ValueError as err:
-                raise ModelArgsError(f"prune: {err}") from None
+            keep = self._select(torch.zeros(self.family.n_layers, self.family.n_heads))
+            info = {"which": a.prune, "k": int((~keep).sum()), "k_frac": a.prune_k_frac,
+                    "seed": a.seed, "by": a.prune_by}
+            self.head_mask = headig.HeadMask(self.model, keep, info).apply()
         if a.attention != "standard":
             try:
                 from headig.sparse import SparseAttentionPatch
