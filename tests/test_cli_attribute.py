@@ -371,3 +371,13 @@ def test_defaults_to_the_embedded_model_and_its_training_data(tmp_path, monkeypa
 
     monkeypatch.setattr(embedded, "embedded_model_path", missing)
     assert main(["attribute", "--out", str(tmp_path / "o2")]) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_fails_before_model_load(jsonl, tmp_path, monkeypatch, capsys):
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(loading, "load_model", no_model)
+    assert attribute("tiny-llada", jsonl, tmp_path / "o", "--device", "cuda") == 2
+    assert "CUDA is not available" in capsys.readouterr().err

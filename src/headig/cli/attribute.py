@@ -46,8 +46,14 @@ RULE_NAMES = ("right", "left", "midpoint", "trapezoid", "gauss_legendre", "ramp_
 DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Default values in the help, and each flag's metavar shown once after its aliases."""
+class _Formatter(argparse.HelpFormatter):
+    """Meaningful defaults in the help, and each flag's metavar shown once after its aliases."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return text + " (default: %(default)s)"
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings or action.nargs == 0:
