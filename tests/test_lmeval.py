@@ -405,3 +405,24 @@ def test_single_process_collectives_are_identity():
     assert lm.rank == 0 and lm.world_size == 1
     info = lm.get_model_info()
     assert info["headig_fingerprint"] == lm.fingerprint and info["headig_family"] == "llada"
+
+
+def test_simple_evaluate_with_chat_template(monkeypatch):
+    """lm-eval's --apply_chat_template path: prompts are templated by the model's tokenizer."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    root = fixture_path(DREAM).parents[2]
+    monkeypatch.chdir(root)  # the local tasks' data_files are relative to the repository
+    lm = cached(DREAM)
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=["headig_gen"], limit=2, apply_chat_template=True, log_samples=True,
+        task_manager=TaskManager(include_path=str(root / "tests/lmeval_tasks"),
+                                 include_defaults=False))
+    samples = out["samples"]["headig_gen"]
+    assert len(samples) == 2
+    ((context, gen_kwargs),) = samples[0]["arguments"]
+    assert context.startswith("<|im_start|>") and context.rstrip().endswith("assistant")
+    assert "<|im_start|>user\nBeautiful is<|im_end|>" in context
+    expected = lm.generate_until([gen_req(context, **gen_kwargs)], disable_tqdm=True)
+    assert samples[0]["resps"] == [expected]
