@@ -442,9 +442,13 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(model_dir)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        examples = hdata.load_examples(data_source, recipe=recipe, split=args.split,
-                                       limit=args.max_samples, seed=settings["data_seed"],
-                                       config=args.data_config, **options)
+        try:
+            examples = hdata.load_examples(data_source, recipe=recipe, split=args.split,
+                                           limit=args.max_samples,
+                                           seed=settings["data_seed"],
+                                           config=args.data_config, **options)
+        except ImportError as err:  # a hub dataset without the optional `datasets` package
+            raise ValueError(str(err)) from None
     for w in caught:
         say(f"warning: {w.message}")
     if not examples:
