@@ -351,10 +351,6 @@ def _infer_recipe(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 # ------------------------------------------------------------------------- output folder
 def _read_log(out: Path) -> dict[str, Any] | None:
     log = out / LOG_FILE
