@@ -52,6 +52,16 @@ def ll_req(context: str, continuation: str) -> Instance:
     return Instance("loglikelihood", {}, (context, continuation), 0)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny models gain nothing from intra-op threads, and on a busy machine two
+    spinning OpenMP threads made this module 5-10x slower; restore afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def importance_file(tmp_path_factory):
     """Random head scores for the tiny models (both have 2 layers x 4 heads)."""
