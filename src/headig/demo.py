@@ -1,0 +1,371 @@
+"""``headig demo``: the whole story on the embedded tiny model, offline, on a CPU, in minutes.
+
+1. load the tiny trained diffusion LM shipped with headig (3 layers x 4 heads);
+2. score every head with HeadIG (Stochastic Threshold Path) on training examples;
+3. prune the most / least important and random heads and measure the held-out loss and
+   the exact-match accuracy of generation, with the exhaustive oracle (12 heads = 4096
+   subsets) and the ranking's fidelity;
+4. compare dense, uniform-sparse and importance-adaptive sparse attention;
+5. write a report folder: the score file, a heatmap, the plots, tables and ``summary.md``.
+
+Attribution data (the training split) and evaluation data (the held-out split) never
+overlap.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["DemoConfig", "DemoReport", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo; ``quick`` is for tests and very slow machines."""
+
+    attribution_per_task: int = 8
+    eval_per_task: int = 20
+    ks: tuple[int, ...] = (1, 2, 3, 4, 6)
+    random_seeds: int = 3
+    oracle_examples: int = 24
+    sparse_keeps: tuple[float, ...] = (0.2, 0.3, 0.5)
+    stp_samples: int = 4
+    ig_steps: int = 8
+    headline_k: int = 2
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        return cls(attribution_per_task=4, eval_per_task=8, ks=(1, 2, 4), random_seeds=3,
+                   oracle_examples=8, sparse_keeps=(0.3,), stp_samples=4, ig_steps=8,
+                   headline_k=2)
+
+
+@dataclass
+class DemoReport:
+    """Where everything went, and the headline numbers."""
+
+    folder: Path
+    files: dict[str, Path]
+    numbers: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _printer(enabled: bool) -> Callable[[str], None]:
+    def say(msg: str) -> None:
+        if enabled:
+            print(msg, file=sys.stderr, flush=True)
+
+    return say
+
+
+def _encode(tokenizer: Any, raw: list[Any], split: str) -> tuple[list[Any], dict[str, str]]:
+    from headig.data import Example, encode_examples
+
+    examples = [Example(e.prompt, e.completion, id=f"{split}-{i}", meta={"task": e.task})
+                for i, e in enumerate(raw)]
+    encoded, report = encode_examples(tokenizer, examples, add_bos=False)
+    if report.dropped:
+        raise ValueError(f"demo data could not be encoded:\n{report}")
+    return encoded, {ex.id: ex.meta["task"] for ex in examples}
+
+
+def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
+             model_dir: str | Path | None = None, progress: bool = True,
+             config: DemoConfig | None = None, sparse: bool = True) -> DemoReport:
+    """Run the demo and write the report folder; returns its paths and headline numbers.
+
+    Args:
+        out: report folder (created; files in it are replaced).
+        quick: a smaller budget (fewer examples, k values and keep ratios).
+        model_dir: a folder written by ``python -m headig.train_tiny`` (with
+            ``train.jsonl`` / ``eval.jsonl``) instead of the embedded model.
+        progress: print stages and progress bars to stderr.
+        config: explicit sizes (overrides ``quick``).
+        sparse: include the sparse-attention comparison (when headig.sparse is present).
+    """
+    from headig import tasks
+    from headig.estimators import integrated_gradients
+    from headig.models.loading import load_model
+    from headig.paths import STP
+    from headig.validate import prune_sweep, sparse_sweep
+
+    cfg = config or (DemoConfig.quick() if quick else DemoConfig())
+    say = _printer(progress)
+    t_start = time.time()
+    folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder; choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    n_steps = 5 if sparse else 4
+
+    # 1. model and data
+    if model_dir is None:
+        from headig.embedded import embedded_model_path
+
+        model_dir = embedded_model_path()
+        model_name = "the embedded tiny model (headig/assets/tiny-dllm)"
+    else:
+        model_name = str(model_dir)
+    model_dir = Path(model_dir)
+    for name in ("train.jsonl", "eval.jsonl"):
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(f"{model_dir} has no {name}; the demo needs a folder written "
+                                    "by python -m headig.train_tiny")
+    say(f"[1/{n_steps}] loading {model_name}")
+    model, tokenizer = load_model(model_dir)
+    fam = model.family
+    attr_raw = tasks.subset(tasks.read_jsonl(model_dir / "train.jsonl"), cfg.attribution_per_task)
+    eval_raw = tasks.subset(tasks.read_jsonl(model_dir / "eval.jsonl"), cfg.eval_per_task)
+    attr, _ = _encode(tokenizer, attr_raw, "train")
+    held, labels = _encode(tokenizer, eval_raw, "eval")
+    n_heads = fam.n_layers * fam.n_heads
+    say(f"      {fam.n_layers} layers x {fam.n_heads} heads; {len(attr)} attribution examples "
+        f"(train split), {len(held)} held-out examples (eval split), "
+        f"{len({e.task for e in eval_raw})} tasks")
+
+    # 2. attribution
+    say(f"[2/{n_steps}] HeadIG (STP, {cfg.stp_samples} path samples x {cfg.ig_steps} steps) "
+        f"on {len(attr)} examples")
+    t0 = time.time()
+    att = integrated_gradients(model, attr, path=STP(samples=cfg.stp_samples),
+                               steps=cfg.ig_steps, progress=progress)
+    imp = att.to_importance()
+    imp.meta["demo"] = {"data": "embedded train split", "per_task": cfg.attribution_per_task}
+    attr_seconds = time.time() - t0
+    files["scores"] = imp.save(folder / "head_importance.safetensors")
+    files["heatmap"] = _heatmap(imp, folder / "heatmap.png")
+    delta = (att.j_full - att.j_baseline).abs().mean()
+    completeness = {
+        "mean_abs_residual": float(att.residual.abs().mean()),
+        "mean_abs_delta": float(delta),
+        "relative": float(att.residual.abs().mean() / delta.clamp_min(1e-12)),
+    }
+    say(f"      done in {attr_seconds:.0f} s; completeness residual "
+        f"{completeness['relative']:.1%} of |J(1) - J(0)|")
+
+    # 3. pruning
+    ks = [k for k in cfg.ks if 1 <= k < n_heads]
+    say(f"[3/{n_steps}] pruning k = {', '.join(map(str, ks))} heads: most / least / random "
+        f"({cfg.random_seeds} seeds), loss + generation accuracy; oracle over all "
+        f"{2 ** n_heads} subsets on {min(cfg.oracle_examples, len(held))} examples")
+    t0 = time.time()
+    sweep = prune_sweep(model, held, imp, ks=ks, random_seeds=cfg.random_seeds, accuracy=True,
+                        labels=labels, oracle=n_heads <= 16,
+                        oracle_batch=held[: cfg.oracle_examples], progress=progress,
+                        on_stage=lambda m: say(f"      {m}"))
+    prune_seconds = time.time() - t0
+    files.update({f"prune_{k}": v for k, v in sweep.save(folder).items()})
+    say(f"      done in {prune_seconds:.0f} s")
+
+    # 4. sparse attention
+    sparse_result = None
+    sparse_note = None
+    if sparse:
+        say(f"[4/{n_steps}] sparse attention: dense vs uniform vs adaptive at keep "
+            f"{', '.join(f'{k:g}' for k in cfg.sparse_keeps)}")
+        t0 = time.time()
+        try:
+            sparse_result = sparse_sweep(model, held, imp, keeps=cfg.sparse_keeps,
+                                         accuracy=True, labels=labels,
+                                         patch_kwargs={"kernel": "gather"}, progress=progress)
+            files.update({f"sparse_{k}": v for k, v in sparse_result.save(folder).items()})
+            say(f"      done in {time.time() - t0:.0f} s")
+        except ImportError as err:  # headig.sparse not installed in this build
+            sparse_note = f"skipped: {err}"
+            say(f"      {sparse_note}")
+
+    # 5. summary
+    say(f"[{n_steps}/{n_steps}] writing the summary")
+    numbers = _numbers(imp, sweep, sparse_result, completeness, cfg)
+    seconds = time.time() - t_start
+    summary = _summary(model_name, fam, attr, held, imp, att, sweep, sparse_result, sparse_note,
+                       completeness, numbers, cfg, seconds, files, folder)
+    files["summary"] = folder / "summary.md"
+    files["summary"].write_text(summary)
+    say(f"report written to {folder.resolve()} ({seconds:.0f} s); start with "
+        f"{files['summary'].resolve()}")
+    return DemoReport(folder=folder, files=files, numbers=numbers, seconds=seconds)
+
+
+def _heatmap(imp: Any, path: Path) -> Path:
+    try:
+        from headig.plotting import save_heatmap
+    except ImportError:  # pragma: no cover - plotting ships with headig
+        save_heatmap = None
+    if save_heatmap is not None:
+        return save_heatmap(imp, path, mark_top=3,
+                            title="HeadIG (STP) head importance — embedded tiny model")
+    from headig.validation_plots import _plt, _save
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    peak = float(imp.scores.abs().max()) or 1.0
+    im = ax.imshow(imp.scores.numpy(), cmap="RdBu", vmin=-peak, vmax=peak)
+    fig.colorbar(im, ax=ax, label="score (positive = helps)")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    return _save(fig, path)
+
+
+def _row(sweep: Any, arm: str, k: int) -> dict[str, Any] | None:
+    return next((r for r in sweep.table() if r["arm"] == arm and r["k"] == k), None)
+
+
+def _numbers(imp: Any, sweep: Any, sparse_result: Any, completeness: dict[str, float],
+             cfg: DemoConfig) -> dict[str, Any]:
+    k = cfg.headline_k if cfg.headline_k in sweep.ks else sweep.ks[0]
+    out: dict[str, Any] = {
+        "top_heads": [(layer, head, score) for layer, head, score in imp.top_k(3)],
+        "completeness_relative": completeness["relative"],
+        "headline_k": k,
+        "intact": sweep.intact,
+        "most": _row(sweep, "most", k), "least": _row(sweep, "least", k),
+        "random": _row(sweep, "random", k),
+        "fidelity": sweep.fidelity,
+    }
+    if sparse_result is not None:
+        out["sparse"] = [{kk: r[kk] for kk in ("mode", "keep", "loss", "accuracy")}
+                         for r in sparse_result.rows]
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _summary(model_name: str, fam: Any, attr: list[Any], held: list[Any], imp: Any, att: Any,
+             sweep: Any, sparse_result: Any, sparse_note: str | None,
+             completeness: dict[str, float], numbers: dict[str, Any], cfg: DemoConfig,
+             seconds: float, files: dict[str, Path], folder: Path) -> str:
+    k = numbers["headline_k"]
+    most, least, rand = numbers["most"], numbers["least"], numbers["random"]
+    intact = sweep.intact
+    top = ", ".join(f"layer {a} head {b} ({s:+.3f})" for a, b, s in numbers["top_heads"])
+    bottom = ", ".join(f"layer {a} head {b} ({s:+.3f})"
+                       for a, b, s in imp.top_k(3, largest=False))
+    lines = [
+        "# headig demo report",
+        "",
+        f"Model: {model_name} — {fam.name} format, {fam.n_layers} layers x {fam.n_heads} "
+        f"heads ({fam.n_layers * fam.n_heads} heads), trained on six small prompt→answer "
+        "tasks (copy, reverse, sort, add, lookup, balanced brackets).",
+        f"Attribution on {len(attr)} training examples; every check below on {len(held)} "
+        f"held-out examples ({cfg.eval_per_task} per task). Run time {seconds:.0f} s on "
+        f"{torch.get_num_threads()} CPU thread(s).",
+        "",
+        "## 1. Which heads matter (HeadIG, Stochastic Threshold Path)",
+        "",
+        f"Scores are Integrated Gradients of J = −(masked-diffusion loss on the completion) "
+        f"over per-head gates, along the STP ({cfg.stp_samples} path samples x "
+        f"{cfg.ig_steps} trapezoid steps per example). Positive = the head helps.",
+        "",
+        "![heatmap](heatmap.png)",
+        "",
+        "```",
+        imp.layer_head_table(),
+        "```",
+        "",
+        f"- Most important: {top}.",
+        f"- Least important: {bottom}.",
+        f"- Completeness: the scores of an example add up to J(all heads) − J(no heads) up to "
+        f"a residual of {_pct(completeness['relative'])} of that difference (mean |residual| "
+        f"{completeness['mean_abs_residual']:.4f} vs mean |J(1) − J(0)| "
+        f"{completeness['mean_abs_delta']:.4f}); more path samples or steps shrink it.",
+        "",
+        "## 2. Pruning: does removing the top heads break the model?",
+        "",
+        "![pruning](prune.png)",
+        "",
+    ]
+    if most and least and rand:
+        acc_most = most.get("accuracy")
+        lines += [
+            f"Removing **{k} of {sweep.n_heads}** heads (held-out loss; exact-match accuracy of "
+            "diffusion generation):",
+            "",
+            "| heads removed | loss | accuracy |",
+            "|---|---:|---:|",
+            f"| none | {intact['loss']:.3f} | {_pct(intact.get('accuracy'))} |",
+            f"| {k} most important ({most['removed']}) | {most['loss']:.3f} | "
+            f"{_pct(acc_most)} |",
+            f"| {k} random (mean ± std, {rand['n_runs']} seeds) | {rand['loss']:.3f} ± "
+            f"{rand['loss_std']:.3f} | {_pct(rand.get('accuracy'))} ± "
+            f"{_pct(rand.get('accuracy_std'))} |",
+            f"| {k} least important ({least['removed']}) | {least['loss']:.3f} | "
+            f"{_pct(least.get('accuracy'))} |",
+            "",
+        ]
+        verdict = ("as it should" if most["loss"] > rand["loss"] > least["loss"]
+                   else "which is NOT the expected order most > random > least")
+        lines.append(f"Pruning the top-ranked heads raises the loss "
+                     f"{most['loss'] - intact['loss']:+.3f}, random heads "
+                     f"{rand['loss'] - intact['loss']:+.3f}, the bottom-ranked heads "
+                     f"{least['loss'] - intact['loss']:+.3f} — {verdict}.")
+    if sweep.fidelity:
+        fid = ", ".join(f"{a} {v:.2f}" for a, v in sweep.fidelity.items() if v is not None)
+        lines += [
+            "",
+            f"Oracle: all {2 ** sweep.n_heads} head subsets were evaluated on "
+            f"{sweep.meta['oracle_examples']} of the held-out examples. Fidelity of the "
+            f"ranking (1 = it finds the worst / best k-subset, 0 = no better than random "
+            f"pruning; pooled over k): **{fid}**.",
+        ]
+    lines += ["", "Full table: [prune.md](prune.md) (also prune.csv, prune.json).", ""]
+    lines += ["## 3. Sparse attention: uniform vs importance-adaptive budgets", ""]
+    if sparse_result is None:
+        lines.append(f"Not run ({sparse_note or 'disabled'}).")
+    else:
+        lines += ["![sparse](sparse.png)", "", sparse_result.to_markdown()]
+        comps = []
+        for keep in sorted({r["keep"] for r in sparse_result.rows if r["mode"] != "standard"}):
+            u = next((r for r in sparse_result.rows if r["mode"] == "uniform"
+                      and r["keep"] == keep), None)
+            a = next((r for r in sparse_result.rows if r["mode"] == "adaptive"
+                      and r["keep"] == keep), None)
+            if u and a:
+                better = "adaptive is better" if a["loss"] < u["loss"] else "uniform is better"
+                comps.append(f"keep {keep:g}: uniform {u['loss']:.3f}, adaptive "
+                             f"{a['loss']:.3f} ({better})")
+        block = sparse_result.meta["patch"].get("block_size")
+        lines += [
+            f"Both sparse modes keep the same total number of key blocks (block size {block} "
+            "tokens on these short sequences); adaptive gives more of them to heads with "
+            "higher scores. Held-out loss — " + "; ".join(comps) + ".",
+            "On a 12-head toy model with ~15-token sequences this is a small test; the "
+            "comparison that matters is on real checkpoints (see examples/).",
+        ]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "| file | what |",
+        "|---|---|",
+        "| head_importance.safetensors (+ .json) | the scores (`headig show`, "
+        "`HeadImportance.load`) |",
+        "| heatmap.png | layer x head heatmap, top 3 heads outlined |",
+        "| prune.png, prune.md/.csv/.json, prune_oracle.csv | pruning sweep and oracle |",
+    ]
+    if sparse_result is not None:
+        lines.append("| sparse.png, sparse.md/.csv/.json | sparse-attention comparison |")
+    lines += [
+        "",
+        "## Do it yourself",
+        "",
+        "```bash",
+        "headig attribute --out scores      # HeadIG; default: the embedded model, its train data",
+        "headig show scores",
+        "headig validate prune --scores scores --k 1,2,4 --out prune",
+        "headig validate sparse --scores scores --out sparse",
+        "headig faithfulness --out faithfulness     # estimators vs exact Shapley values",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
