@@ -24,6 +24,7 @@ Example (the defaults; a few minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import sys
@@ -178,27 +179,32 @@ def _e2e_row(args: argparse.Namespace, model: nn.Module, label: str, importance:
     kw = dict(keep=0.3, skip=0.2, min_seq_len=args.min_seq_len, kernel=args.kernel)
     uni = SparseAttentionPatch(model, "uniform", **kw)
     ada = SparseAttentionPatch(model, "adaptive", importance=importance, **kw)
+    n = args.e2e_calls
 
-    def forward():
-        return model(ids)
-
-    def step(patch):
-        # a denoising step after the build step: the pattern is reused
-        with patch, denoising(model, total_steps=10, prompt_length=t // 2) as st:
-            st.step = 2
-            forward()  # builds (not timed)
-            st.step = 3
-            return _time(forward, device)
-
-    def scoring():
-        with uni:
-            return _time(forward, device)
+    def forwards() -> float:
+        return _time(lambda: [model(ids) for _ in range(n)], device) / n
 
     with torch.no_grad():
-        _time(forward, device), step(uni), step(ada), scoring()  # warm-up
+        forwards()
+        n = max(n, math.ceil(0.25 / max(forwards(), 1e-6)))  # >= 0.25 s per timed sample
+
+    def step(patch: SparseAttentionPatch) -> float:
+        # denoising steps after the build step: the pattern is reused
+        with patch, denoising(model, total_steps=10, prompt_length=t // 2) as st:
+            st.step = 2
+            model(ids)  # builds (not timed)
+            st.step = 3
+            return forwards()
+
+    def scoring() -> float:
+        with uni:
+            return forwards()
+
+    with torch.no_grad():
+        forwards(), step(uni), step(ada), scoring()  # warm-up
         times: dict[str, list[float]] = {"d": [], "u": [], "a": [], "s": []}
-        for _ in range(args.repeats):
-            times["d"].append(_time(forward, device))
+        for _ in range(args.e2e_repeats):
+            times["d"].append(forwards())
             times["u"].append(step(uni))
             times["a"].append(step(ada))
             times["s"].append(scoring())
@@ -213,10 +219,11 @@ def e2e_table(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 
     print(f"\n## End to end: one denoising-step forward of the tiny models, {dtype}, library "
           f"defaults (block 128, dense below {args.min_seq_len or 'the default min_seq_len'}), "
-          f"median of {args.repeats}\n")
+          f"median over {args.e2e_repeats} repeats of the mean of >= 0.25 s of forwards\n")
     print("| model | T | dense ms | uniform 0.3 step ms (x dense) | adaptive 0.3 step ms (x) | "
           "uniform 0.3 scoring forward ms (x) |")
     print("|---|---|---|---|---|---|")
+    overheads: list[str] = []
     for name in args.models:
         path = Path(name)
         if not path.exists():
@@ -227,6 +234,38 @@ def e2e_table(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
                                  generator=torch.Generator().manual_seed(1))
         for t in args.e2e_lengths:
             _e2e_row(args, model, path.name, importance, t, device)
+        overheads.append(_fallback_overhead(model, path.name, device))
+    print()
+    for line in overheads:
+        print(line)
+
+
+def _fallback_overhead(model: nn.Module, label: str, device: torch.device) -> str:
+    """Cost the patch adds to an attention call it leaves dense (a short sequence)."""
+    attn = model.layers[0].attn
+    fam = model.family
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, fam.n_heads, 128, fam.head_dim, generator=gen).to(device, model.dtype)
+    k = torch.randn(1, fam.n_kv_heads, 128, fam.head_dim, generator=gen).to(device, model.dtype)
+    v = torch.randn_like(k)
+    plain = attn.attn_fn
+    patch = SparseAttentionPatch(model, "uniform", keep=0.3)
+
+    def calls(n: int = 2000) -> float:
+        fn = attn.attn_fn
+        return _time(lambda: [fn(q, k, v, mask=None, module=attn) for _ in range(n)], device) / n
+
+    a, b = [], []
+    with torch.no_grad():
+        calls(200)
+        for _ in range(7):
+            a.append(calls())
+            with patch:
+                b.append(calls())
+    assert attn.attn_fn is plain
+    extra = _median(b) - _median(a)
+    return (f"{label}: dense-fallback overhead {extra * 1e6:.1f} us per attention call "
+            f"({_median(a) * 1e6:.0f} us unpatched, T=128; median of 7 x 2000 calls)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--models", type=lambda s: s.split(","), default=["tiny-llada", "tiny-dream"])
     p.add_argument("--e2e-lengths", type=_ints, default=[128, 512, 1024, 4096])
+    p.add_argument("--e2e-repeats", type=int, default=7)
+    p.add_argument("--e2e-calls", type=int, default=5, help="forwards per timed sample (at least 0.25 s worth)")
     p.add_argument("--min-seq-len", type=int, default=None,
                    help="end-to-end dense threshold (default: the library's)")
     p.add_argument("--skip-attention", action="store_true")

@@ -42,9 +42,10 @@ log = logging.getLogger("headig.sparse")
 
 MODES = ("standard", "uniform", "adaptive")
 DEFAULT_BLOCK_SIZE = 128  # flex_attention's tile on CUDA and CPU
-# Below this many tokens the pattern choice and kernel launch cost more than the skipped
-# blocks save (measured in docs/sparse-attention.md), so attention stays dense.
-DEFAULT_MIN_SEQ_LEN = {"cpu": 1024, "cuda": 1024}
+# Below these lengths the pattern choice and kernel launch cost more than the skipped blocks
+# save (measured in docs/sparse-attention.md), so attention stays dense. A forward that
+# reuses a generation's pattern wins from shorter lengths than one that chooses its own.
+DEFAULT_MIN_SEQ_LEN = {"reuse": 1024, "one_shot": 2048}
 
 
 def split_mask(mask: Tensor | None, batch: int, seq_len: int) -> tuple[Tensor | None, Tensor | None]:
@@ -124,8 +125,9 @@ class SparseAttentionPatch:
             compiled here), "flex", "gather" or "dense_mask" (reference).
         layers: layers to sparsify (default all).
         min_seq_len: sequences shorter than this stay dense, and so do layers where every
-            head keeps every block (default: measured per device, 1024 tokens); 0 always
-            runs the sparse kernel.
+            head keeps every block. Default (measured): 1024 tokens inside generation,
+            where the pattern is reused, and 2048 for one-shot forwards, which choose their
+            own; 0 always runs the sparse kernel.
         estimate: how the pattern is scored: "auto" ("exact" when built once per
             generation, "pooled" when chosen for a single forward), "exact" or "pooled".
         keep_diagonal: always keep each query block's own key block.
@@ -294,10 +296,10 @@ class SparseAttentionPatch:
             return "gather"  # flex_attention has no CPU backward
         return "flex" if flex_available(q.device) else "gather"
 
-    def _min_len(self, device: torch.device) -> int:
+    def _min_len(self, in_generation: bool) -> int:
         if self.min_seq_len is not None:
             return self.min_seq_len
-        return DEFAULT_MIN_SEQ_LEN.get(device.type, 1024)
+        return DEFAULT_MIN_SEQ_LEN["reuse" if in_generation else "one_shot"]
 
     def _make_fn(self, layer: int, prev: Any):
         def sparse_attn_fn(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None,
@@ -316,14 +318,15 @@ class SparseAttentionPatch:
             self.stats["dense_other"] += 1
             return prev(q, k, v, mask=mask, module=module)
         nk = n_blocks_for(t, self.block_size)
-        min_len = self._min_len(q.device)
+        state = current_state(self.model)
+        min_len = self._min_len(state is not None)
         if t < min_len or nk < 2 and min_len > 0:
-            self._note("short", "sequence of %d tokens is shorter than min_seq_len=%d "
+            self._note(f"short{state is None}", "%s of %d tokens is shorter than min_seq_len=%d "
                        "(or fits in one %d-token block): dense attention, sparse cannot win "
-                       "there", t, min_len, self.block_size)
+                       "there", "one-shot forward" if state is None else "generation", t,
+                       min_len, self.block_size)
             self.stats["dense_short"] += 1
             return prev(q, k, v, mask=mask, module=module)
-        state = current_state(self.model)
         if state is not None and state.step < math.floor(self.skip * state.total_steps + 1e-9):
             self.stats["dense_schedule"] += 1
             return prev(q, k, v, mask=mask, module=module)
