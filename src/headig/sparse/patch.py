@@ -322,9 +322,10 @@ class SparseAttentionPatch:
         min_len = self._min_len(state is not None)
         if t < min_len or nk < 2 and min_len > 0:
             self._note(f"short{state is None}", "%s of %d tokens is shorter than min_seq_len=%d "
-                       "(or fits in one %d-token block): dense attention, sparse cannot win "
-                       "there", "one-shot forward" if state is None else "generation", t,
-                       min_len, self.block_size)
+                       "(or fits in one %d-token block): attention stays DENSE there because "
+                       "sparse cannot be faster; pass min_seq_len=0 to sparsify every sequence",
+                       "one-shot forward" if state is None else "generation", t, min_len,
+                       self.block_size, level=logging.WARNING)
             self.stats["dense_short"] += 1
             return prev(q, k, v, mask=mask, module=module)
         if state is not None and state.step < math.floor(self.skip * state.total_steps + 1e-9):
