@@ -161,8 +161,9 @@ class Faithfulness:
     def to_markdown(self) -> str:
         n_seeds = self.meta.get("n_seeds", 1)
         pm = " (mean ± std over seeds)" if n_seeds > 1 else ""
-        lines = [f"| method | budget | cost / example | Spearman{pm} | Pearson | top-{self.meta['topk']} "
-                 "overlap | fidelity most | fidelity least | rel. residual | seconds |",
+        lines = [f"| method | budget | cost / example | Spearman{pm} | Pearson | "
+                 f"top-{self.meta['topk']} overlap | fidelity most | fidelity least | "
+                 "rel. residual | seconds |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in self.rows:
             sp = f"{r['spearman']:.3f}" + (f" ± {r['spearman_std']:.3f}" if n_seeds > 1 else "")

@@ -59,8 +59,9 @@ ARMS = ("most", "least", "random")
 DEFAULT_ORACLE_MAX_HEADS = 16
 
 __all__ = [
-    "ARMS", "CoalitionTable", "PruneSweep", "SparseSweep", "coalition_table",
-    "generation_accuracy", "loss_at_masks", "prune_sweep", "resolve_ks", "sparse_sweep",
+    "ARMS", "CoalitionTable", "PruneSweep", "SparseSweep", "auto_block_size", "coalition_table",
+    "eval_items", "generation_accuracy", "loss_at_masks", "prune_sweep", "resolve_ks", "spread",
+    "sparse_sweep",
 ]
 
 
@@ -132,6 +133,20 @@ def resolve_ks(n_heads: int, ks: Sequence[int] | None = None,
     if not out:
         raise ValueError("no k values given")
     return sorted(set(out))
+
+
+def spread(items: Sequence[Any], n: int) -> list[Any]:
+    """``n`` items evenly spaced through ``items`` (all of them when n >= len).
+
+    Used for the oracle's subset: data files are often grouped (by task, by source), and
+    the first n rows would cover only the first group.
+    """
+    if n < 1:
+        raise ValueError(f"n={n}; expected >= 1")
+    m = len(items)
+    if n >= m:
+        return list(items)
+    return [items[(i * m) // n] for i in range(n)]
 
 
 def _head_name(layer: int, head: int) -> str:
@@ -638,8 +653,9 @@ class PruneSweep:
             if has_acc:
                 acc = f" {r['accuracy']:.3f}" + (f" ± {r['accuracy_std']:.3f}"
                                                  if r["n_runs"] > 1 else "") + " |"
+            removed = r["removed"] or (f"({r['n_runs']} seeds)" if r["arm"] == "random" else "")
             lines.append(f"| {r['arm']} | {r['k']} | {r['loss']:.4f}{std} | {rng} |{acc} "
-                         f"{r['removed'] or ('(seeds ' + str(r['n_runs']) + ')' if r['arm'] == 'random' else '')} |")
+                         f"{removed} |")
         if self.oracle:
             n_ex = self.meta.get("oracle_examples")
             lines += ["", f"Oracle over all subsets of the {self.n_heads} heads "
@@ -711,6 +727,7 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any, *, ks: Sequence[int] 
                 accuracy: bool = False, labels: Mapping[str, str] | None = None,
                 generate_kwargs: Mapping[str, Any] | None = None,
                 oracle: bool | None = None, oracle_batch: Any = None,
+                oracle_examples: int | None = None,
                 oracle_max_heads: int = DEFAULT_ORACLE_MAX_HEADS,
                 table: CoalitionTable | None = None, internal_batch_size: int = 256,
                 progress: bool = False,
@@ -730,7 +747,8 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any, *, ks: Sequence[int] 
         accuracy: also measure exact-match generation accuracy
             (:func:`generation_accuracy`; ``labels`` gives per-group accuracy).
         oracle: enumerate every head subset (default: when the heads in ``layers`` are at
-            most ``oracle_max_heads``), on ``oracle_batch`` (default ``batch``).
+            most ``oracle_max_heads``), on ``oracle_batch``, else on ``oracle_examples``
+            examples evenly spaced through ``batch`` (:func:`spread`), else on ``batch``.
         table: a precomputed :func:`coalition_table` to use as the oracle.
         on_stage: called with a short description before each stage (progress display).
     """
@@ -800,7 +818,12 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any, *, ks: Sequence[int] 
     oracle_n = None
     if oracle:
         if table is None:
-            o_items = items if oracle_batch is None else eval_items(oracle_batch)
+            if oracle_batch is not None:
+                o_items = eval_items(oracle_batch)
+            elif oracle_examples is not None:
+                o_items = spread(items, int(oracle_examples))
+            else:
+                o_items = items
             stage(f"oracle: loss of all {1 << n} head subsets on {len(o_items)} examples")
             table = coalition_table(model, o_items, layers=lyr, objective=obj,
                                     max_heads=max(oracle_max_heads, n), progress=progress)
@@ -812,6 +835,7 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any, *, ks: Sequence[int] 
             "score_meta": dict(getattr(scores, "meta", {}) or {}).get("estimator")}
     if table is not None:
         meta["oracle_seconds"] = table.meta.get("seconds")
+        meta["oracle_intact_loss"] = float(-table.values[table.full])
     return PruneSweep(ks=k_list, n_heads=n, layers=lyr, runs=runs, intact=intact,
                       oracle=oracle_rows, fidelity=fidelity, meta=meta)
 
@@ -932,8 +956,9 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
         modes: any of "standard" (dense, measured once), "uniform", "adaptive".
         patch_kwargs: passed to :class:`headig.sparse.SparseAttentionPatch`
             (``block_size``, ``skip``, ``min_keep``, ``kv_groups``, ``kernel`` ...).
-            ``block_size`` defaults to :func:`auto_block_size` of the longest example and
-            ``min_seq_len`` to 0 (always sparse: this measures quality, not speed).
+            ``block_size`` defaults to :func:`auto_block_size` of the longest example,
+            ``min_seq_len`` to 0 (always sparse: this measures quality, not speed) and
+            ``kernel`` to "gather" on a CPU (same result as the compiled kernel, no compile).
     """
     from headig.sparse import SparseAttentionPatch
 
@@ -954,6 +979,8 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
     if kw.get("block_size") is None:
         kw["block_size"] = auto_block_size(max(it.length for it in items))
     kw.setdefault("min_seq_len", 0)
+    if kw.get("kernel") in (None, "auto") and _device(model).type == "cpu":
+        kw["kernel"] = "gather"  # compiling flex_attention on a CPU costs more than it saves
     stage = on_stage or (lambda _m: None)
     full = torch.ones(family.n_layers, family.n_heads, dtype=torch.bool)
     configs = ([("standard", 1.0)] if "standard" in modes else []) + \

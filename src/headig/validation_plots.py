@@ -74,18 +74,23 @@ def plot_prune(sweep: Any, out: str | os.PathLike, *, title: str | None = None) 
                 ax.set_ylim(-0.02, 1.02)
         else:
             o = sweep.oracle
-            ks = [r["k"] for r in o]
-            ax.fill_between(ks, [r["best_loss"] for r in o], [r["worst_loss"] for r in o],
-                            color=COLORS["oracle"], alpha=0.12, lw=0,
+            base = sweep.meta.get("oracle_intact_loss")
+            start = [0] if base is not None else []
+            pre = [base] if base is not None else []
+            ks = start + [r["k"] for r in o]
+            best = pre + [r["best_loss"] for r in o]
+            worst = pre + [r["worst_loss"] for r in o]
+            ax.fill_between(ks, best, worst, color=COLORS["oracle"], alpha=0.12, lw=0,
                             label="all k-subsets (best … worst)")
-            ax.plot(ks, [r["worst_loss"] for r in o], color=COLORS["oracle"], ls="--", lw=1,
+            ax.plot(ks, worst, color=COLORS["oracle"], ls="--", lw=1,
                     label="oracle worst / best")
-            ax.plot(ks, [r["best_loss"] for r in o], color=COLORS["oracle"], ls="--", lw=1)
-            ax.plot(ks, [r["random_mean_loss"] for r in o], color=COLORS["random"],
+            ax.plot(ks, best, color=COLORS["oracle"], ls="--", lw=1)
+            ax.plot(ks, pre + [r["random_mean_loss"] for r in o], color=COLORS["random"],
                     marker="o", ms=3, label="random (exact mean)")
             for arm in ("most", "least"):
                 pts = [(r["k"], r[f"{arm}_loss"]) for r in o if r.get(f"{arm}_loss") is not None]
                 if pts:
+                    pts = ([(0, base)] if base is not None else []) + pts
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4,
                             color=COLORS[arm], label=f"prune {arm}")
             fid = sweep.fidelity or {}
@@ -95,7 +100,7 @@ def plot_prune(sweep: Any, out: str | os.PathLike, *, title: str | None = None) 
             ax.set_ylabel("loss")
         ax.set_xlabel(f"heads pruned (of {sweep.n_heads})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left" if panel != "accuracy" else "upper right")
     fig.suptitle(title or "Pruning heads by importance", fontsize=11)
     fig.tight_layout()
     return _save(fig, out)
@@ -142,7 +147,8 @@ def plot_faithfulness(result: Any, out: str | os.PathLike, *, title: str | None 
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], **style)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], **style)
     exact_cost = result.meta.get("exact_cost")
-    for ax, label in zip(axes, ("Spearman vs exact Shapley", "pruning fidelity vs oracle (mean of most/least)")):
+    labels = ("Spearman vs exact Shapley", "pruning fidelity vs oracle (mean of most/least)")
+    for ax, label in zip(axes, labels):
         ax.set_xscale("log")
         ax.set_xlabel("cost per example (forward-equivalent rows: fwd + 2 x bwd)")
         ax.set_ylabel(label)

@@ -288,7 +288,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--oracle", choices=("auto", "yes", "no"), default="auto",
                    help="enumerate every head subset (auto: when <= --oracle_max_heads)")
     g.add_argument(*_flags("--oracle_examples"), type=int, default=48,
-                   help="examples (the first ones of the data) for the oracle and fidelity")
+                   help="examples for the oracle and fidelity (evenly spaced through the data)")
     g.add_argument(*_flags("--oracle_max_heads"), type=int, default=16,
                    help="largest number of prunable heads for the oracle (2^n subsets)")
     add_objective_arguments(g)
@@ -329,7 +329,7 @@ def register(subparsers: Any) -> None:
     g.add_argument(*_flags("--kv_groups"), choices=("query", "kv"), default="query",
                    help="GQA: a budget per query head or per KV group")
     g.add_argument("--kernel", default="auto", choices=("auto", "flex", "gather", "dense_mask"),
-                   help="sparse kernel")
+                   help="sparse kernel (auto: compiled flex_attention on GPUs, gather on CPUs)")
     g.add_argument("--accuracy", choices=("auto", "yes", "no"), default="auto",
                    help="exact-match generation accuracy: auto = for the embedded task data")
     add_objective_arguments(g)
@@ -384,13 +384,13 @@ def run_prune(args: argparse.Namespace) -> int:
     encoded, labels, desc = load_data_from_args(args, tokenizer, embedded)
     say(f"data: {desc}")
     accuracy = want_accuracy(args.accuracy, labels)
-    oracle_batch = encoded[: args.oracle_examples]
     t0 = time.time()
     with torch.no_grad():
         sweep = prune_sweep(model, encoded, imp, ks=ks, k_fracs=k_fracs, arms=arms,
                             random_seeds=args.random_seeds, seed=args.seed, by=args.by,
                             layers=layers, objective=objective, accuracy=accuracy,
-                            labels=labels or None, oracle=oracle, oracle_batch=oracle_batch,
+                            labels=labels or None, oracle=oracle,
+                            oracle_examples=args.oracle_examples,
                             oracle_max_heads=args.oracle_max_heads,
                             internal_batch_size=args.internal_batch_size,
                             progress=not args.no_progress, on_stage=lambda m: say(f"... {m}"))
