@@ -24,6 +24,7 @@ from headig.cli.validate import (
     load_model_from_args,
     objective_from_args,
     parse_list,
+    rows_per_forward,
     say,
 )
 
@@ -54,7 +55,7 @@ def register(subparsers: Any) -> None:
                    help="k of the top-k overlap (default: a quarter of the heads)")
     add_objective_arguments(g)
     g = p.add_argument_group("output")
-    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--out", default="headig-faithfulness", help="output folder")
     g.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     g.add_argument(*_flags("--no_plot"), action="store_true", help="skip the PNG")
     g.add_argument(*_flags("--no_progress"), action="store_true", help="no progress bars")
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"data: {desc}")
     result = faithfulness(model, encoded, layers=layers, grid=args.grid, seeds=seeds,
                           objective=objective, by=args.by, topk=args.topk,
-                          internal_batch_size=args.internal_batch_size,
+                          internal_batch_size=rows_per_forward(args, encoded),
                           progress=not args.no_progress, on_stage=lambda m: say(f"... {m}"))
     result.meta.update({"data": desc, "grid": args.grid,
                         "model": "embedded" if embedded else str(args.model),

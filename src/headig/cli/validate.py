@@ -69,6 +69,13 @@ def add_data_arguments(p: argparse.ArgumentParser | Any, *, limit: int | None,
                    help="how records become (prompt, completion) (default: inferred)")
     p.add_argument(*_flags("--split"), default=None, help="split of --data")
     p.add_argument(*_flags("--data_config"), default=None, help="Hugging Face dataset config")
+    p.add_argument(*_flags("--prompt_field"), default=None, help="fields recipe: prompt field")
+    p.add_argument(*_flags("--completion_field"), default=None,
+                   help="fields recipe: completion field")
+    p.add_argument(*_flags("--num_fewshot"), type=int, default=None,
+                   help="few-shot prefix (gsm8k, mmlu)")
+    p.add_argument(*_flags("--answer_mode"), default=None, choices=("full", "final"),
+                   help="gsm8k: score the whole solution or only the final answer")
     p.add_argument(*_flags("--limit", "--max_samples"), type=int, default=limit,
                    help="examples to use (embedded data: the same number from every task)")
     p.add_argument(*_flags("--data_seed"), type=int, default=0,
@@ -90,8 +97,9 @@ def add_objective_arguments(p: argparse.ArgumentParser | Any) -> None:
     p.add_argument(*_flags("--loss_normalize"), default="mean_masked",
                    choices=("mean_masked", "sum"), help="per-variant loss: mean or sum")
     p.add_argument(*_flags("--mask_seed"), type=int, default=0, help="seeds the masking variants")
-    p.add_argument(*_flags("--internal_batch_size", "--batch_size"), type=int, default=256,
-                   help="rows (mask x masking variant) per forward")
+    p.add_argument(*_flags("--internal_batch_size", "--batch_size"), type=int, default=None,
+                   help="rows (pruned model x masking variant) per forward (default: about "
+                        "16k tokens per forward, at most 256 rows)")
 
 
 def parse_list(text: str, cast: Any, name: str) -> list[Any]:
@@ -199,9 +207,17 @@ def load_data_from_args(args: argparse.Namespace, tokenizer: Any, embedded_model
         labels = {ex.id: ex.meta["task"] for ex in examples}
         source = f"embedded {split} set"
     else:
-        examples = hdata.load_examples(args.data, recipe=args.recipe, split=args.split,
-                                       limit=args.limit, seed=args.data_seed,
-                                       config=args.data_config)
+        options = {k: getattr(args, k) for k in ("prompt_field", "completion_field",
+                                                 "num_fewshot", "answer_mode")
+                   if getattr(args, k, None) is not None}
+        try:
+            examples = hdata.load_examples(args.data, recipe=args.recipe, split=args.split,
+                                           limit=args.limit, seed=args.data_seed,
+                                           config=args.data_config, **options)
+        except TypeError as err:  # a recipe option the recipe does not have
+            raise ValueError(str(err)) from None
+        except ImportError as err:  # a hub dataset without the optional datasets package
+            raise ValueError(str(err)) from None
         source = str(args.data)
     if not examples:
         raise ValueError(f"--data {args.data} gave no examples")
@@ -213,6 +229,16 @@ def load_data_from_args(args: argparse.Namespace, tokenizer: Any, embedded_model
     desc = (f"{len(encoded)} examples from {source}"
             + (f" ({len(report.dropped)} dropped)" if report.dropped else ""))
     return encoded, labels, desc
+
+
+def rows_per_forward(args: argparse.Namespace, encoded: list[Any]) -> int:
+    """--internal_batch_size, or about 16k tokens per forward (at most 256 rows)."""
+    if args.internal_batch_size is not None:
+        if args.internal_batch_size < 1:
+            raise ValueError(f"--internal_batch_size={args.internal_batch_size}; expected >= 1")
+        return args.internal_batch_size
+    longest = max(int(e.input_ids.numel()) for e in encoded)
+    return max(1, min(256, 16384 // longest))
 
 
 def want_accuracy(value: str, labels: dict[str, str]) -> bool:
@@ -392,7 +418,7 @@ def run_prune(args: argparse.Namespace) -> int:
                             labels=labels or None, oracle=oracle,
                             oracle_examples=args.oracle_examples,
                             oracle_max_heads=args.oracle_max_heads,
-                            internal_batch_size=args.internal_batch_size,
+                            internal_batch_size=rows_per_forward(args, encoded),
                             progress=not args.no_progress, on_stage=lambda m: say(f"... {m}"))
     sweep.meta.update({"scores": str(args.scores), "data": desc, "seconds": time.time() - t0})
     files = sweep.save(out, plot=not args.no_plot)
@@ -444,7 +470,7 @@ def run_sparse(args: argparse.Namespace) -> int:
         sweep = sparse_sweep(model, encoded, imp, keeps=keeps, modes=modes, objective=objective,
                              accuracy=want_accuracy(args.accuracy, labels),
                              labels=labels or None, patch_kwargs=patch,
-                             internal_batch_size=args.internal_batch_size,
+                             internal_batch_size=rows_per_forward(args, encoded),
                              progress=not args.no_progress, on_stage=lambda m: say(f"... {m}"))
     sweep.meta.update({"scores": args.scores, "data": desc, "seconds": time.time() - t0})
     files = sweep.save(out, plot=not args.no_plot)
