@@ -2,8 +2,9 @@
 
 Six small algorithmic tasks over a word-level vocabulary of letters, digits and brackets.
 They need different attention patterns (copy a position, mirror a position, compare all
-letters, align digits, retrieve by key, count brackets), so the heads of a small model
-specialise and matter unequally, which is what the causal checks of headig need.
+letters, align digits, match and count a query letter, match nested brackets), so the
+heads of a small model specialise and matter unequally, which is what the causal checks
+of headig need.
 
 Every example is a prompt ending in ``=`` and a completion starting with a space, so
 ``prompt + completion`` is the full text and the two tokenize independently::
@@ -11,8 +12,8 @@ Every example is a prompt ending in ``=`` and a completion starting with a space
     reverse: a b c d =        ->  " d c b a"
     add: 4 7 + 3 5 =          ->  " 0 8 2"
 
-Generators are deterministic given a seed. :func:`make_splits` draws a held-out evaluation
-set first and a training set that never repeats an evaluation prompt. The evaluator
+Generators are deterministic given a seed. :func:`make_splits` splits by a hash of the
+prompt text, so no evaluation prompt can appear in training. The evaluator
 (:func:`mask_predict`, :func:`accuracy`) decodes like a diffusion LM: all completion
 tokens start masked and the most confident one is revealed at each step, greedily.
 """
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-TASKS: tuple[str, ...] = ("copy", "reverse", "sort", "add", "lookup", "balanced")
+TASKS: tuple[str, ...] = ("copy", "reverse", "sort", "add", "count", "balanced")
 LETTERS: tuple[str, ...] = tuple("abcdefgh")
 DIGITS: tuple[str, ...] = tuple("0123456789")
 
@@ -84,13 +85,14 @@ def gen_add(rng: random.Random) -> Example:
     return _example("add", [*f"{a:02d}", "+", *f"{b:02d}"], list(f"{a + b:03d}"))
 
 
-def gen_lookup(rng: random.Random) -> Example:
-    """Key→digit pairs, then a query key; the answer is its digit."""
-    keys = rng.sample(LETTERS, rng.randint(2, 4))
-    values = [rng.choice(DIGITS) for _ in keys]
-    query = rng.randrange(len(keys))
-    body = [tok for kv in zip(keys, values) for tok in kv] + ["?", keys[query]]
-    return _example("lookup", body, [values[query]])
+def gen_count(rng: random.Random) -> Example:
+    """How often the query letter occurs in 4..8 letters from a..e (0 a fifth of the time)."""
+    xs = [rng.choice(LETTERS[:5]) for _ in range(rng.randint(4, 8))]
+    if rng.random() < 0.2:
+        query = rng.choice([x for x in LETTERS if x not in xs])
+    else:
+        query = rng.choice(xs)
+    return _example("count", [*xs, "?", query], [str(xs.count(query))])
 
 
 _PAIRS = {")": "(", "]": "["}
@@ -143,7 +145,7 @@ def gen_balanced(rng: random.Random) -> Example:
 
 GENERATORS: dict[str, Callable[[random.Random], Example]] = {
     "copy": gen_copy, "reverse": gen_reverse, "sort": gen_sort,
-    "add": gen_add, "lookup": gen_lookup, "balanced": gen_balanced,
+    "add": gen_add, "count": gen_count, "balanced": gen_balanced,
 }
 
 
@@ -171,9 +173,8 @@ def reference_answer(prompt: str) -> str:
     elif task == "add":
         a, b = int("".join(body[:2])), int("".join(body[3:5]))
         out = list(f"{a + b:03d}")
-    elif task == "lookup":
-        pairs = dict(zip(body[:-2:2], body[1:-2:2]))
-        out = [pairs[body[-1]]]
+    elif task == "count":
+        out = [str(body[:-2].count(body[-1]))]
     else:
         out = ["yes" if _is_balanced(body) else "no"]
     return " " + " ".join(out)
