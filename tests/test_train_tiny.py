@@ -169,3 +169,24 @@ def test_cli_writes_a_loadable_checkpoint_with_card_and_data(tmp_path):
     assert (model.family.n_layers, model.family.n_heads, model.family.head_dim) == (1, 2, 8)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["ablation"]) == 1 and len(metrics["ablation"][0]) == 2
+
+
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_completion_loss_and_decoding_follow_the_family_logit_shift(name):
+    model, tok = headig.load_model(FIXTURES / name)
+    ex = [tasks.Example("copy: a b c =", " a b c", "copy")]
+    (prompt, comp), = tasks.encode(tok, ex)
+    mask_id, shift = model.family.mask_token_id, model.family.logit_shift
+    ids = torch.tensor([prompt + [mask_id] * len(comp)])
+    with torch.no_grad():
+        logits = model(ids).logits[0].float()
+    rows = torch.arange(len(prompt), len(prompt) + len(comp)) - shift
+    manual = torch.nn.functional.cross_entropy(logits[rows], torch.tensor(comp))
+    got = tasks.completion_loss(model, tok, ex, mask_probs=(1.0,), samples_per_prob=1)
+    assert got == pytest.approx(float(manual), rel=1e-5)
+    # one-token answer: mask-predict is the argmax of that row (the mask id excluded)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + [mask_id]])).logits[0].float()
+    logits[:, mask_id] = -torch.inf
+    first = tasks.mask_predict(model, tok, [prompt], [1])[0]
+    assert first == [int(logits[len(prompt) - shift].argmax())]
