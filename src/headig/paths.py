@@ -28,6 +28,7 @@ Default rules: ``gauss_legendre`` for DP, ``trapezoid`` for STP (see docs/method
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,22 +54,23 @@ class PathPoints:
     weights: Tensor
 
 
-class Path:
+class Path(ABC):
     """Base class: a family of paths α(τ) from α0 to 1 (possibly random per sample)."""
 
     default_rule: str = "trapezoid"
     samples: int = 1
 
+    @abstractmethod
     def sample_ramps(self, shape: tuple[int, int],
                      generator: torch.Generator) -> list[tuple[Tensor, Tensor]]:
         """Per path sample, per-head ramp start u and width w (float64 [L', H]).
 
         The gate of a head is α0 + (1 − α0)·clip((τ − u)/w, 0, 1).
         """
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def settings(self) -> dict:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The path's settings, for metadata."""
 
     @staticmethod
     def points(u: Tensor, w: Tensor, baseline: float, steps: int, rule: str) -> PathPoints:
