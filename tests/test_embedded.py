@@ -75,16 +75,6 @@ def test_held_out_accuracy(embedded):
         assert acc[task] >= floor, (task, acc)
 
 
-def test_fixed_length_generation_stops_with_end_of_text(embedded):
-    """Decoding 8 tokens for every prompt: the answer, then only <|endoftext|>."""
-    model, tok = embedded
-    examples = tasks.subset(embedded_examples("eval"), 20)
-    acc = tasks.accuracy(model, tok, examples, gen_length=8, add_bos=True)
-    assert acc["all"] >= 0.95, acc
-    with pytest.raises(ValueError, match="gen_length"):
-        tasks.accuracy(model, tok, examples, gen_length=0)
-
-
 def test_heads_matter_unequally(embedded):
     """Zero-ablating the most important heads costs far more than the least important."""
     model, tok = embedded

@@ -339,28 +339,19 @@ def mask_predict(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[in
 
 
 def accuracy(model: nn.Module, tokenizer: Any, examples: Sequence[Example], *,
-             add_bos: bool = False, gen_length: int | None = None,
-             batch_size: int = 256) -> dict[str, float]:
+             add_bos: bool = False, batch_size: int = 256) -> dict[str, float]:
     """Exact-match accuracy of :func:`mask_predict` per task, plus ``"all"`` (example mean).
 
-    By default the answer length is the reference completion's length (only the
-    completion is masked, as in the masked-diffusion evaluation). With ``gen_length``,
-    that many tokens are decoded for every example and the answer is what precedes the
-    first end-of-text token, as when generating with a fixed length.
+    The answer length is the reference completion's length (only the completion is
+    masked, as in the masked-diffusion evaluation).
     """
     if not examples:
         raise ValueError("no examples to score")
-    if gen_length is not None and int(gen_length) < 1:
-        raise ValueError(f"gen_length={gen_length}; expected a positive token count or None")
     pairs = encode(tokenizer, examples)
-    lengths = [len(c) if gen_length is None else int(gen_length) for _, c in pairs]
-    preds = mask_predict(model, tokenizer, [p for p, _ in pairs], lengths, add_bos=add_bos,
-                         batch_size=batch_size)
-    eos = tokenizer.eos_token_id
+    preds = mask_predict(model, tokenizer, [p for p, _ in pairs], [len(c) for _, c in pairs],
+                         add_bos=add_bos, batch_size=batch_size)
     hits: dict[str, list[bool]] = defaultdict(list)
     for ex, (_, gold), pred in zip(examples, pairs, preds):
-        if gen_length is not None and eos in pred:
-            pred = pred[: pred.index(eos)]
         hits[ex.task].append(pred == gold)
     result = {task: sum(h) / len(h) for task, h in sorted(hits.items())}
     result["all"] = sum(sum(h) for h in hits.values()) / len(examples)

@@ -49,9 +49,6 @@ _NATIVE_BLOCK_TO_OFFICIAL = {
     "mlp.down_proj": "ff_out",
 }
 _NATIVE_TOP_TO_OFFICIAL = {"embed": "wte", "norm": "ln_f", "lm_head": "ff_out"}
-# Answers are at most 6 tokens and training appends up to 7 end-of-text tokens, so a fixed
-# 8-token generation window is within what the model has seen.
-OPEN_GEN_LENGTH = 8
 
 
 @dataclass
@@ -64,7 +61,7 @@ class TrainConfig:
     head_dim: int = 24
     mlp_hidden: int = 192
     embedding_size: int = 64
-    steps: int = 3000
+    steps: int = 3600
     batch_size: int = 128
     lr: float = 2e-3
     warmup: int = 100
@@ -72,7 +69,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eps: float = 1e-3
     loss_weighting: str = "mean"
-    max_eos: int = 7
+    max_eos: int = 3
     bos_prob: float = 0.5
     n_train: int = 24000
     n_eval_per_task: int = 100
@@ -340,7 +337,7 @@ def head_ablation(model: nn.Module, tokenizer: Any, examples: list[tasks.Example
 
 
 def _training_card(cfg: TrainConfig, command: str, curve: list[dict], seconds: float,
-                   cpu_seconds: float, accs: tuple[dict[str, float], ...], loss: dict[str, float], base: float,
+                   cpu_seconds: float, acc: dict[str, float], loss: dict[str, float], base: float,
                    table: Tensor, n_params: int, size_bytes: int) -> str:
     lines = [
         "# tiny-dllm: the embedded tiny diffusion LM",
@@ -357,9 +354,8 @@ def _training_card(cfg: TrainConfig, command: str, curve: list[dict], seconds: f
         "",
         f"Training took {seconds:.0f} s wall-clock, {cpu_seconds:.0f} s of CPU time, on "
         f"{torch.get_num_threads()} torch thread(s) "
-        f"(torch {torch.__version__}, Python {platform.python_version()}). Wall-clock time grows "
-        "when other work shares the CPU; one thread is the robust choice then. Bit-exact "
-        "weights need the same torch version and thread count.",
+        f"(torch {torch.__version__}, Python {platform.python_version()}). Bit-exact weights "
+        "need the same torch version and thread count.",
         "",
         "## Model",
         "",
@@ -399,19 +395,14 @@ def _training_card(cfg: TrainConfig, command: str, curve: list[dict], seconds: f
         "## Held-out results",
         "",
         "Accuracy: exact match, greedy mask-predict decoding (all completion tokens masked, the",
-        "most confident one revealed per step; `headig.tasks.accuracy`): with the reference",
-        "answer length and no BOS; the same with a BOS; and decoding a fixed "
-        f"{OPEN_GEN_LENGTH} tokens, the",
-        "answer being what precedes the first `<|endoftext|>`. Loss: masked-diffusion",
+        "most confident one revealed per step; `headig.tasks.accuracy`). Loss: masked-diffusion",
         "cross-entropy on completions, mask probabilities 0.15/0.3/0.5/0.7/0.9 x 2 samples, seed 0",
         "(`headig.tasks.completion_loss`).",
         "",
-        f"| task | accuracy | with BOS | {OPEN_GEN_LENGTH}-token generation | loss |",
-        "|---|---:|---:|---:|---:|",
+        "| task | accuracy | loss |",
+        "|---|---:|---:|",
     ]
-    acc, acc_bos, acc_open = accs
-    lines += [f"| {t} | {acc[t]:.3f} | {acc_bos[t]:.3f} | {acc_open[t]:.3f} | {loss[t]:.4f} |"
-              for t in acc]
+    lines += [f"| {t} | {acc[t]:.3f} | {loss[t]:.4f} |" for t in acc]
     inc = table - base
     flat = sorted(((float(inc[i, j]), i, j) for i in range(inc.shape[0])
                    for j in range(inc.shape[1])), reverse=True)
@@ -454,19 +445,16 @@ def run(cfg: TrainConfig, out: str | os.PathLike, *, command: str | None = None,
     tasks.write_jsonl(folder / "train.jsonl", train_set)
     tasks.write_jsonl(folder / "eval.jsonl", eval_set)
     acc = tasks.accuracy(model, tokenizer, eval_set)
-    acc_bos = tasks.accuracy(model, tokenizer, eval_set, add_bos=True)
-    acc_open = tasks.accuracy(model, tokenizer, eval_set, gen_length=OPEN_GEN_LENGTH)
     loss = tasks.completion_loss(model, tokenizer, eval_set, per_task=True)
     base, table = head_ablation(model, tokenizer, eval_set)
     n_params = sum(p.numel() for p in model.parameters())
     size = (folder / "model.safetensors").stat().st_size
     command = command or f"python -m headig.train_tiny --out {folder}"
-    card = _training_card(cfg, command, curve, seconds, cpu_seconds, (acc, acc_bos, acc_open),
-                          loss, base, table, n_params, size)
+    card = _training_card(cfg, command, curve, seconds, cpu_seconds, acc, loss, base, table,
+                          n_params, size)
     (folder / "TRAINING.md").write_text(card)
     metrics = {"config": asdict(cfg), "seconds": seconds, "cpu_seconds": cpu_seconds,
-               "curve": curve, "accuracy": acc, "accuracy_bos": acc_bos,
-               f"accuracy_gen{OPEN_GEN_LENGTH}": acc_open,
+               "curve": curve, "accuracy": acc,
                "loss": loss, "ablation_base": base, "ablation": table.tolist(),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
