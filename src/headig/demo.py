@@ -186,7 +186,8 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
     numbers = _numbers(imp, sweep, sparse_result, completeness, cfg)
     seconds = time.time() - t_start
     summary = _summary(model_name, fam, attr, held, imp, att, sweep, sparse_result, sparse_note,
-                       completeness, numbers, cfg, seconds, files, folder)
+                       completeness, numbers, cfg, seconds, files, folder,
+                       list(dict.fromkeys(e.task for e in eval_raw)))
     files["summary"] = folder / "summary.md"
     files["summary"].write_text(summary)
     say(f"report written to {folder.resolve()} ({seconds:.0f} s); start with "
@@ -243,7 +244,8 @@ def _pct(x: float | None) -> str:
 def _summary(model_name: str, fam: Any, attr: list[Any], held: list[Any], imp: Any, att: Any,
              sweep: Any, sparse_result: Any, sparse_note: str | None,
              completeness: dict[str, float], numbers: dict[str, Any], cfg: DemoConfig,
-             seconds: float, files: dict[str, Path], folder: Path) -> str:
+             seconds: float, files: dict[str, Path], folder: Path,
+             task_names: list[str]) -> str:
     k = numbers["headline_k"]
     most, least, rand = numbers["most"], numbers["least"], numbers["random"]
     intact = sweep.intact
@@ -254,8 +256,8 @@ def _summary(model_name: str, fam: Any, attr: list[Any], held: list[Any], imp: A
         "# headig demo report",
         "",
         f"Model: {model_name} — {fam.name} format, {fam.n_layers} layers x {fam.n_heads} "
-        f"heads ({fam.n_layers * fam.n_heads} heads), trained on six small prompt→answer "
-        "tasks (copy, reverse, sort, add, lookup, balanced brackets).",
+        f"heads ({fam.n_layers * fam.n_heads} heads), trained on {len(task_names)} small "
+        f"prompt→answer tasks ({', '.join(task_names)}).",
         f"Attribution on {len(attr)} training examples; every check below on {len(held)} "
         f"held-out examples ({cfg.eval_per_task} per task). Run time {seconds:.0f} s on "
         f"{torch.get_num_threads()} CPU thread(s).",

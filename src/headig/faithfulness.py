@@ -67,11 +67,11 @@ def default_grid(name: str = "full") -> list[EstimatorRun]:
 
     if name not in GRIDS:
         raise ValueError(f"grid={name!r}; expected one of {list(GRIDS)}")
-    sizes = {"full": dict(dp=(2, 4, 8, 16), stp=(1, 2, 4, 8, 16), anti=(2, 4, 8, 16),
-                          narrow=(1, 2, 4, 8), right=(4,), perms=(2, 4, 8, 16, 32)),
-             "quick": dict(dp=(4, 8), stp=(1, 4, 16), anti=(4,), narrow=(1, 4), right=(),
+    sizes = {"full": dict(dp=(2, 4, 8, 16, 32), stp=(1, 2, 4, 8, 16, 32), anti=(2, 4, 8, 16),
+                          narrow=(1, 2, 4, 8, 16), right=(4, 16), perms=(1, 2, 4, 8, 16, 32)),
+             "quick": dict(dp=(8,), stp=(1, 4, 16), anti=(4,), narrow=(2, 8), right=(),
                            perms=(2, 8)),
-             "minimal": dict(dp=(8,), stp=(4,), anti=(), narrow=(4,), right=(), perms=(4,))}[name]
+             "minimal": dict(dp=(8,), stp=(4,), anti=(), narrow=(2,), right=(), perms=(4,))}[name]
     grid: list[EstimatorRun] = []
     grid += [EstimatorRun("IG, diagonal path (DP)", "ig", f"steps={s}",
                           {"path": DP(), "steps": s}) for s in sizes["dp"]]
@@ -84,10 +84,10 @@ def default_grid(name: str = "full") -> list[EstimatorRun]:
     grid += [EstimatorRun("HeadIG STP (original ramp, antithetic)", "ig", f"samples={p}, steps=8",
                           {"path": STP(samples=p, sampling="antithetic"), "steps": 8})
              for p in sizes["anti"]]
-    grid += [EstimatorRun("HeadIG STP (narrow ramp 0.1, ramp_gauss)", "ig",
-                          f"samples={p}, steps=1",
+    grid += [EstimatorRun("HeadIG STP (narrow ramp 0.1, 4 Gauss nodes per ramp)", "ig",
+                          f"samples={p}, steps=4",
                           {"path": STP(samples=p, ramp="narrow", width=0.1),
-                           "rule": "ramp_gauss", "steps": 1}) for p in sizes["narrow"]]
+                           "rule": "ramp_gauss", "steps": 4}) for p in sizes["narrow"]]
     grid += [EstimatorRun("Shapley sampling (antithetic permutations)", "shapley_sampling",
                           f"permutations={p}", {"permutations": p}) for p in sizes["perms"]]
     grid.append(EstimatorRun("leave-one-out", "leave_one_out", "-", {}))
