@@ -282,8 +282,8 @@ def _summary(model_name: str, fam: Any, attr: list[Any], held: list[Any], imp: A
         f"{completeness['mean_abs_delta']:.4f}). "
         + ("That is large: J changes abruptly when a critical head switches on, which "
            f"{cfg.ig_steps} steps per path undersample; more steps shrink the residual "
-           "(it is a quadrature error), while the ranking is already stable at this budget "
-           "(docs/faithfulness.md)." if completeness["relative"] > 0.2 else
+           "(it is a quadrature error). docs/faithfulness.md shows how the ranking depends "
+           "on the budget." if completeness["relative"] > 0.2 else
            "More path samples or steps shrink it further."),
         "",
         "## 2. Pruning: does removing the top heads break the model?",
@@ -309,12 +309,20 @@ def _summary(model_name: str, fam: Any, attr: list[Any], held: list[Any], imp: A
             f"{_pct(least.get('accuracy'))} |",
             "",
         ]
-        verdict = ("as it should" if most["loss"] > rand["loss"] > least["loss"]
-                   else "which is NOT the expected order most > random > least")
+        loss_ok = most["loss"] > rand["loss"] > least["loss"]
+        accs = [most.get("accuracy"), rand.get("accuracy"), least.get("accuracy")]
+        acc_ok = None if None in accs else accs[0] < accs[1] < accs[2]
+        if loss_ok and acc_ok in (None, True):
+            verdict = "the order the scores predict (most > random > least)"
+        elif loss_ok:
+            verdict = ("the predicted order for the loss; the accuracy of the least-important "
+                       "arm is not above the random arm's at this k")
+        else:
+            verdict = "NOT the order the scores predict (most > random > least)"
         lines.append(f"Pruning the top-ranked heads raises the loss "
                      f"{most['loss'] - intact['loss']:+.3f}, random heads "
                      f"{rand['loss'] - intact['loss']:+.3f}, the bottom-ranked heads "
-                     f"{least['loss'] - intact['loss']:+.3f} — {verdict}.")
+                     f"{least['loss'] - intact['loss']:+.3f}: {verdict}.")
     if sweep.fidelity:
         fid = ", ".join(f"{a} {v:.2f}" for a, v in sweep.fidelity.items() if v is not None)
         lines += [

@@ -102,7 +102,7 @@ def plot_prune(sweep: Any, out: str | os.PathLike, *, title: str | None = None) 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left" if panel != "accuracy" else "upper right")
     fig.suptitle(title or "Pruning heads by importance", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, out)
 
 
@@ -130,7 +130,7 @@ def plot_sparse(sweep: Any, out: str | os.PathLike, *, title: str | None = None)
         ax.legend(fontsize=7)
     fig.suptitle(title or "Sparse attention: uniform vs importance-adaptive budgets",
                  fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, out)
 
 
@@ -162,5 +162,5 @@ def plot_faithfulness(result: Any, out: str | os.PathLike, *, title: str | None 
     axes[0].legend(fontsize=7, loc="lower right")
     axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle(title or "Estimator faithfulness against exact Shapley values", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, out)
