@@ -135,19 +135,25 @@ def plot_sparse(sweep: Any, out: str | os.PathLike, *, title: str | None = None)
 
 
 def plot_faithfulness(result: Any, out: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Spearman vs exact Shapley and pruning fidelity against cost, per estimator."""
+    """Spearman vs exact Shapley and pruning fidelity against cost, per estimator.
+
+    ``result`` needs ``rows`` (dicts with method, cost, spearman, fidelity) and ``meta``
+    (exact_cost, exact_fidelity), as :class:`headig.faithfulness.Faithfulness` has.
+    """
     plt = _plt()
     rows = result.rows
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cmap = plt.get_cmap("tab10")
+    handles = []
     for i, m in enumerate(methods):
         pts = sorted((r["cost"], r["spearman"], r["fidelity"]) for r in rows if r["method"] == m)
         style = dict(marker="o", ms=4, color=cmap(i % 10), label=m)
-        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], **style)
+        (h,) = axes[0].plot([p[0] for p in pts], [p[1] for p in pts], **style)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], **style)
+        handles.append(h)
     exact_cost = result.meta.get("exact_cost")
-    labels = ("Spearman vs exact Shapley", "pruning fidelity vs oracle (mean of most/least)")
+    labels = ("Spearman vs exact Shapley", "pruning fidelity vs oracle (mean of most, least)")
     for ax, label in zip(axes, labels):
         ax.set_xscale("log")
         ax.set_xlabel("cost per example (forward-equivalent rows: fwd + 2 x bwd)")
@@ -155,12 +161,15 @@ def plot_faithfulness(result: Any, out: str | os.PathLike, *, title: str | None 
         ax.grid(alpha=0.3, which="both")
         if exact_cost:
             ax.axvline(exact_cost, color="black", ls=":", lw=0.8)
+            ax.annotate("exact\nenumeration", (exact_cost, 0.02), xycoords=("data", "axes fraction"),
+                        ha="right", va="bottom", fontsize=7)
     exact_fid = (result.meta.get("exact_fidelity") or {}).get("mean")
     if exact_fid is not None:
-        axes[1].axhline(exact_fid, color="black", lw=0.8, ls="--",
-                        label="ranking by exact Shapley")
-    axes[0].legend(fontsize=7, loc="lower right")
-    axes[1].legend(fontsize=7, loc="lower right")
+        (h,) = axes[1].plot([], [], color="black", lw=0.8, ls="--",
+                            label="ranking by exact Shapley")
+        axes[1].axhline(exact_fid, color="black", lw=0.8, ls="--")
+        handles.append(h)
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title or "Estimator faithfulness against exact Shapley values", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.13, 1, 0.96))
     return _save(fig, out)
