@@ -50,7 +50,8 @@ def plot_prune(sweep: Any, out: str | os.PathLike, *, title: str | None = None) 
     table = sweep.table()
     has_acc = sweep.intact.get("accuracy") is not None
     panels = ["loss"] + (["accuracy"] if has_acc else []) + (["oracle"] if sweep.oracle else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False,
+                             layout="constrained")
     labels = {"most": "prune most important", "least": "prune least important",
               "random": "prune random (mean ± std)"}
     for ax, panel in zip(axes[0], panels):
@@ -102,7 +103,6 @@ def plot_prune(sweep: Any, out: str | os.PathLike, *, title: str | None = None) 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left" if panel != "accuracy" else "upper right")
     fig.suptitle(title or "Pruning heads by importance", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, out)
 
 
@@ -112,7 +112,8 @@ def plot_sparse(sweep: Any, out: str | os.PathLike, *, title: str | None = None)
     rows = sweep.rows
     has_acc = any(r.get("accuracy") is not None for r in rows)
     panels = ["loss"] + (["accuracy"] if has_acc else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False,
+                             layout="constrained")
     for ax, key in zip(axes[0], panels):
         dense = next((r for r in rows if r["mode"] == "standard"), None)
         if dense is not None and dense.get(key) is not None:
@@ -130,7 +131,6 @@ def plot_sparse(sweep: Any, out: str | os.PathLike, *, title: str | None = None)
         ax.legend(fontsize=7)
     fig.suptitle(title or "Sparse attention: uniform vs importance-adaptive budgets",
                  fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, out)
 
 
@@ -142,7 +142,7 @@ def plot_faithfulness(result: Any, out: str | os.PathLike, *, title: str | None 
     """
     plt = _plt()
     rows = result.rows
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cmap = plt.get_cmap("tab10")
     handles = []
@@ -169,7 +169,6 @@ def plot_faithfulness(result: Any, out: str | os.PathLike, *, title: str | None 
                             label="ranking by exact Shapley")
         axes[1].axhline(exact_fid, color="black", lw=0.8, ls="--")
         handles.append(h)
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title or "Estimator faithfulness against exact Shapley values", fontsize=11)
-    fig.tight_layout(rect=(0, 0.13, 1, 0.96))
     return _save(fig, out)
