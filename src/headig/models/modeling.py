@@ -102,7 +102,25 @@ class Rotary:
         return x * cos + _rotate_half(x) * sin
 
 
+class HookPoint(nn.Module):
+    """An identity module that gives a place in the forward pass a stable, hookable name.
+
+    Register forward hooks on it (``model.get_submodule("layers.3.attn.hook_head_out")``)
+    to read or replace the tensor that flows through; it holds no parameters, so state
+    dicts and checkpoints are unaffected.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
 class Attention(nn.Module):
+    """Multi-head (or grouped-query) bidirectional attention.
+
+    Hook point ``hook_head_out``: the per-head outputs [B, T, H, D] (query heads, before
+    the output projection); a hook may return a replacement of the same shape.
+    """
+
     def __init__(self, arch: ArchConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -115,9 +133,15 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(arch.d_model, kv_out, bias=arch.qkv_bias)
         self.o_proj = nn.Linear(q_out, arch.d_model, bias=False)
         self.attn_fn: AttentionFn = sdpa_attention
+        self.hook_head_out = HookPoint()
 
-    def forward(self, x: Tensor, rotary: Rotary, cos: Tensor, sin: Tensor,
-                mask: Tensor | None, empty: Tensor | None = None) -> Tensor:
+    def head_outputs(self, x: Tensor, rotary: Rotary, cos: Tensor, sin: Tensor,
+                     mask: Tensor | None = None, empty: Tensor | None = None) -> Tensor:
+        """Each query head's attention output [B, H, T, D], before the output projection.
+
+        The one implementation of q/k/v, RoPE and the attention function: the forward
+        pass and the exhaustive pruning oracle both use it.
+        """
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -126,8 +150,14 @@ class Attention(nn.Module):
         out = self.attn_fn(q, k, v, mask=mask, module=self)
         if empty is not None:  # query rows that may attend to nothing output 0
             out = out.masked_fill(empty, 0.0)
-        out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
-        return self.o_proj(out)
+        return out
+
+    def forward(self, x: Tensor, rotary: Rotary, cos: Tensor, sin: Tensor,
+                mask: Tensor | None, empty: Tensor | None = None) -> Tensor:
+        b, t, _ = x.shape
+        out = self.hook_head_out(self.head_outputs(x, rotary, cos, sin, mask, empty)
+                                 .transpose(1, 2))  # [B, T, H, D]
+        return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):
