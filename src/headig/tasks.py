@@ -14,8 +14,10 @@ Every example is a prompt ending in ``=`` and a completion starting with a space
 
 Generators are deterministic given a seed. :func:`make_splits` splits by a hash of the
 prompt text, so no evaluation prompt can appear in training. The evaluator
-(:func:`mask_predict`, :func:`accuracy`) decodes like a diffusion LM: all completion
-tokens start masked and the most confident one is revealed at each step, greedily.
+(:func:`mask_predict`, :func:`accuracy`) decodes with the family's own diffusion sampler
+(:func:`headig.diffusion.generation.generate_completions`, the decoder the causal checks
+use): all completion tokens start masked and, at temperature 0 with one step per token,
+the LLaDA sampler reveals the most confident one at each step.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from headig.diffusion.alignment import align_logits
+from headig.diffusion.generation import generate_completions
+from headig.diffusion.loss import masked_row_loss, token_ce
 
 TASKS: tuple[str, ...] = ("copy", "reverse", "sort", "add", "count", "balanced")
 LETTERS: tuple[str, ...] = tuple("abcdefgh")
@@ -287,59 +293,33 @@ def _ids(model: nn.Module, tokenizer: Any) -> tuple[int, int, int | None]:
 
 
 def _aligned_logits(model: nn.Module, ids: Tensor, attn: Tensor, shift: int) -> Tensor:
-    logits = model(ids, attention_mask=attn).logits
-    if shift:  # Dream: the prediction for position i is row i-1
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-    return logits.float()
+    return align_logits(model(ids, attention_mask=attn).logits, shift).float()
 
 
 # --------------------------------------------------------------------------- decoding
 
 @torch.no_grad()
 def mask_predict(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[int]],
-                 lengths: Sequence[int], *, add_bos: bool = False,
-                 batch_size: int = 256) -> list[list[int]]:
-    """Greedy confidence-ordered unmasking of ``lengths[i]`` tokens after each prompt.
+                 lengths: Sequence[int], *, add_bos: bool = False, batch_size: int = 128,
+                 seed: int = 0) -> list[list[int]]:
+    """Decode ``lengths[i]`` tokens after each prompt with the family's diffusion sampler.
 
-    All answer positions start as the mask token; at each step every row reveals its
-    masked position with the highest top-1 probability, as its argmax. A row of n
-    answer tokens therefore takes n forwards. Returns the answer ids per row.
+    All answer positions start as the mask token and are denoised by
+    :func:`headig.diffusion.generation.generate_completions` at temperature 0 with one
+    step per answer token (LLaDA: the most confident masked position is revealed per
+    step, as its argmax), exactly as the causal checks decode. ``seed`` seeds the
+    sampler's generator (only stochastic samplers, e.g. Dream's ``origin``, use it).
+    Returns the answer ids per row.
     """
-    if len(prompts) != len(lengths):
-        raise ValueError(f"{len(prompts)} prompts but {len(lengths)} answer lengths")
-    if any(int(n) < 1 for n in lengths):
-        raise ValueError("every answer length must be >= 1")
-    mask_id, pad_id, shift = _ids(model, tokenizer)
+    _, pad_id, _ = _ids(model, tokenizer)
     bos = [tokenizer.bos_token_id] if add_bos else []
-    device = next(model.parameters()).device
-    out: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = range(start, min(start + batch_size, len(prompts)))
-        rows = [[*bos, *prompts[i], *([mask_id] * int(lengths[i]))] for i in chunk]
-        ids, attn = pad_right(rows, pad_id, device)
-        starts = [len(bos) + len(prompts[i]) for i in chunk]
-        answer = torch.zeros_like(ids, dtype=torch.bool)
-        for r, (s, i) in enumerate(zip(starts, chunk)):
-            answer[r, s: s + int(lengths[i])] = True
-        masked = answer.clone()
-        for _ in range(max(int(lengths[i]) for i in chunk)):
-            probs = _aligned_logits(model, ids, attn, shift).softmax(-1)
-            probs[..., mask_id] = 0.0  # never "predict" the mask itself
-            conf, pred = probs.max(-1)
-            conf = conf.masked_fill(~masked, -1.0)
-            best = conf.argmax(-1)
-            active = masked.any(-1)
-            rows_idx = torch.nonzero(active).flatten()
-            cols = best[rows_idx]
-            ids[rows_idx, cols] = pred[rows_idx, cols]
-            masked[rows_idx, cols] = False
-        for r, (s, i) in enumerate(zip(starts, chunk)):
-            out.append(ids[r, s: s + int(lengths[i])].tolist())
-    return out
+    return generate_completions(model, [[*bos, *p] for p in prompts], lengths, pad_id=pad_id,
+                                batch_size=batch_size,
+                                generator=torch.Generator().manual_seed(int(seed)))
 
 
 def accuracy(model: nn.Module, tokenizer: Any, examples: Sequence[Example], *,
-             add_bos: bool = False, batch_size: int = 256) -> dict[str, float]:
+             add_bos: bool = False, batch_size: int = 128, seed: int = 0) -> dict[str, float]:
     """Exact-match accuracy of :func:`mask_predict` per task, plus ``"all"`` (example mean).
 
     The answer length is the reference completion's length (only the completion is
@@ -349,7 +329,7 @@ def accuracy(model: nn.Module, tokenizer: Any, examples: Sequence[Example], *,
         raise ValueError("no examples to score")
     pairs = encode(tokenizer, examples)
     preds = mask_predict(model, tokenizer, [p for p, _ in pairs], [len(c) for _, c in pairs],
-                         add_bos=add_bos, batch_size=batch_size)
+                         add_bos=add_bos, batch_size=batch_size, seed=seed)
     hits: dict[str, list[bool]] = defaultdict(list)
     for ex, (_, gold), pred in zip(examples, pairs, preds):
         hits[ex.task].append(pred == gold)
@@ -409,10 +389,8 @@ def completion_loss(model: nn.Module, tokenizer: Any, examples: Sequence[Example
         flags = flags.bool()
         ids = clean.masked_fill(flags, mask_id)
         logits = _aligned_logits(model, ids, attn, shift)
-        ce = torch.nn.functional.cross_entropy(logits[flags], clean[flags], reduction="none")
-        rows = flags.nonzero()[:, 0]
-        sums = torch.zeros(len(chunk), device=device).index_add_(0, rows, ce)
-        variant_loss = (sums / flags.sum(-1)).double().cpu()
+        ce = token_ce(logits[flags], clean[flags])
+        variant_loss = masked_row_loss(ce, flags, "mean_masked").double().cpu()
         index = torch.tensor([v[0] for v in chunk])
         per_example.index_add_(0, index, variant_loss)
     per_example /= len(mask_probs) * samples_per_prob

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headig import tasks
+from headig.diffusion.loss import token_ce
 from headig.models.family import Family, spec_for_model_type
 from headig.models.modeling import DiffusionLM
 
@@ -253,8 +253,7 @@ def diffusion_loss(model: DiffusionLM, ids: Tensor, attn: Tensor, answer: Tensor
     masked &= answer
     noisy = ids.masked_fill(masked, mask_id)
     logits = model(noisy.to(model.device), attention_mask=attn.to(model.device)).logits
-    ce = F.cross_entropy(logits[masked.to(model.device)].float(),
-                         ids[masked].to(model.device), reduction="none")
+    ce = token_ce(logits[masked.to(model.device)], ids[masked].to(model.device))
     if weighting == "mean":
         return ce.mean()
     rows = masked.nonzero()[:, 0].to(model.device)

@@ -21,7 +21,9 @@ handles correctly:
 from __future__ import annotations
 
 import operator
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +35,8 @@ from headig.models.modeling import DiffusionLM
 
 __all__ = [
     "DREAM_ALGS", "REMASKING", "STYLES", "dream_transfer_count", "generate",
-    "generate_dream_style", "generate_llada_style", "model_device", "num_transfer_tokens",
+    "generate_completions", "generate_dream_style", "generate_llada_style", "model_device",
+    "num_transfer_tokens",
     "predict_logits", "shift_logits", "truncate_at_stop",
 ]
 
@@ -497,6 +500,58 @@ def generate(
         raise ValueError(f"{bad} only apply to LLaDA-style generation (style='llada')")
     return generate_dream_style(model, input_ids, attention_mask, alg=alg or "origin",
                                 alg_temp=alg_temp, top_p=top_p, top_k=top_k, eps=eps, **common)
+
+
+def generate_completions(
+    model: nn.Module, prompts: Sequence[Sequence[int] | Tensor], lengths: Sequence[int], *,
+    pad_id: int, steps_per_token: int = 1, batch_size: int = 128,
+    generator: torch.Generator | None = None, **generate_kwargs: Any,
+) -> list[list[int]]:
+    """Generate ``lengths[i]`` tokens after each prompt with :func:`generate`; the answers.
+
+    This is the one decoder behind every exact-match accuracy: each answer gets
+    ``steps_per_token * length`` steps in one block, with the family's own sampler at
+    temperature 0 unless ``generate_kwargs`` say otherwise. Prompts are grouped by answer
+    length (ascending), sorted by prompt length within a group (stable) and cut into
+    batches of ``batch_size``; shorter prompts are left-padded with ``pad_id`` and masked
+    as keys (RoPE is relative, so a row attends to the same tokens). ``generator`` is
+    shared by all batches in that order, so stochastic samplers are reproducible.
+
+    Returns:
+        the generated ids of each prompt, in the input order.
+    """
+    if len(prompts) != len(lengths):
+        raise ValueError(f"{len(prompts)} prompts but {len(lengths)} answer lengths")
+    if any(_as_int(n, "length") < 1 for n in lengths):
+        raise ValueError("every answer length must be >= 1")
+    if _as_int(steps_per_token, "steps_per_token") < 1 or _as_int(batch_size, "batch_size") < 1:
+        raise ValueError(f"steps_per_token={steps_per_token} and batch_size={batch_size} "
+                         "must be >= 1")
+    kwargs = dict(generate_kwargs)
+    kwargs.setdefault("temperature", 0.0)
+    device = model_device(model)
+    rows = [torch.as_tensor(p, dtype=torch.long).flatten().cpu() for p in prompts]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(lengths):
+        groups[int(n)].append(i)
+    out: list[list[int]] = [[] for _ in rows]
+    for c, group in sorted(groups.items()):
+        group.sort(key=lambda i: len(rows[i]))
+        for s in range(0, len(group), int(batch_size)):
+            chunk = group[s:s + int(batch_size)]
+            width = max(len(rows[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), int(pad_id), dtype=torch.long)
+            attn = torch.zeros(len(chunk), width, dtype=torch.long)
+            for r, i in enumerate(chunk):
+                p = len(rows[i])
+                ids[r, width - p:] = rows[i]
+                attn[r, width - p:] = 1
+            mask = None if bool(attn.all()) else attn.to(device)
+            gen = generate(model, ids.to(device), mask, steps=c * int(steps_per_token),
+                           gen_length=c, generator=generator, **kwargs)
+            for r, i in enumerate(chunk):
+                out[i] = gen[r, width:].tolist()
+    return out
 
 
 def truncate_at_stop(text: str, stops: str | Iterable[str] | None) -> str:
