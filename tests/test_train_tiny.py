@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import headig
-from headig import tasks
 from headig.models.llada import map_weight_name
-from headig.train_tiny import (
+from headig.toy import tasks
+from headig.toy.train_tiny import (
     TrainConfig,
     build_model,
     build_tokenizer,
