@@ -357,6 +357,11 @@ def masking_variants(pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     For each probability p and sample, each completion token is masked with probability
     p, at least one always; prompt tokens never are. The flags cover prompt+completion.
     Token ids in the result are the *clean* ids; the caller substitutes the mask id.
+
+    One generator seeded by ``seed`` draws all variants in list order, so an example's
+    masks depend on the examples before it; the attribution objective instead uses
+    :func:`headig.diffusion.masking.sample_variant_masks` (seeded per example id). This
+    sampler is kept because the committed ``tiny-dllm`` card reports losses drawn with it.
     """
     if not mask_probs or any(not 0.0 < p <= 1.0 for p in mask_probs) or samples_per_prob < 1:
         raise ValueError(f"mask_probs={list(mask_probs)} must be non-empty values in (0, 1] and "
