@@ -73,6 +73,9 @@ class FamilySpec:
 
 _REGISTRY: dict[str, FamilySpec] = {}
 
+HOOK_HEAD_OUT = "hook_head_out"
+HOOK_POINTS = (HOOK_HEAD_OUT,)  # named hook points of every native attention layer
+
 
 def register_family(spec: FamilySpec) -> FamilySpec:
     """Make a family loadable by :func:`headig.load_model` and known to :func:`family_of`."""
@@ -158,9 +161,25 @@ class Family:
             return layer_module.attn.o_proj
         return _get_path(layer_module, self.spec.official_out_proj)
 
-    def hook_name(self, layer: int) -> str:
-        """Stable, family-independent name of the gated place in ``layer``."""
-        return f"blocks.{layer}.attn.hook_head_out"
+    def hook_name(self, layer: int, point: str = HOOK_HEAD_OUT) -> str:
+        """Module path of a named hook point of ``layer`` in a native model.
+
+        The one source of hook point names; ``hook_head_out`` carries the per-head
+        attention outputs [B, T, H, D] (query heads, before the output projection).
+        """
+        if point not in HOOK_POINTS:
+            raise ValueError(f"unknown hook point {point!r}; expected one of {list(HOOK_POINTS)}")
+        if not 0 <= int(layer) < self.n_layers:
+            raise ValueError(f"layer {layer} out of range for a model with {self.n_layers} layers")
+        return f"layers.{int(layer)}.attn.{point}"
+
+    def hook_point(self, model: nn.Module, layer: int, point: str = HOOK_HEAD_OUT) -> nn.Module:
+        """The named hook point module of ``layer`` (native models only)."""
+        if not self.native:
+            raise TypeError(f"{type(model).__name__} is an official remote-code model without "
+                            "named hook points; hook the output projection "
+                            "(Family.out_proj) or load it with headig.load_model")
+        return model.get_submodule(self.hook_name(layer, point))
 
 
 def family_of(model: nn.Module) -> Family:
