@@ -98,6 +98,50 @@ def spec_for_model_type(model_type: str) -> FamilySpec:
     return spec
 
 
+def config_int(cfg: Mapping[str, Any], key: str) -> int:
+    """A required positive integer config value; a ValueError naming the key otherwise.
+
+    A missing key raises KeyError(key), which :func:`parse_arch_config` turns into a
+    ValueError naming the file and the key.
+    """
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"key {key!r} = {value!r}; expected a positive integer")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"key {key!r} = {value!r}; expected a positive integer") from None
+    if number < 1 or number != float(value):
+        raise ValueError(f"key {key!r} = {value!r}; expected a positive integer")
+    return number
+
+
+def parse_arch_config(cfg: Any, source: str = "config.json") -> tuple[FamilySpec, ArchConfig]:
+    """(family spec, architecture) of a ``config.json`` object, read by its ``model_type``.
+
+    Every malformed config (not an object, no or unknown ``model_type``, a missing or bad
+    key) raises ValueError naming ``source`` and the key, before any weight is read.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"{source} holds a JSON {type(cfg).__name__}; expected an object of "
+                         'config keys such as {"model_type": "llada", "n_heads": 32, ...}')
+    if "model_type" not in cfg:
+        raise ValueError(f"{source} has no 'model_type' key; expected one of "
+                         f"{supported_model_types()}")
+    try:
+        spec = spec_for_model_type(cfg["model_type"])
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    try:
+        arch = spec.parse_config(cfg)
+    except KeyError as err:
+        raise ValueError(f"{source} lacks the key {err.args[0]!r}, which {spec.name} configs "
+                         "need") from None
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as err:
+        raise ValueError(f"{source}: {err}") from None
+    return spec, arch
+
+
 def _get_path(root: Any, path: str) -> Any:
     obj = root
     for part in path.split("."):
@@ -194,8 +238,8 @@ def family_of(model: nn.Module) -> Family:
             "model from headig.load_model or an official LLaDA/Dream model"
         )
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
-    spec = spec_for_model_type(cfg.get("model_type", ""))
-    return Family(spec=spec, arch=spec.parse_config(cfg), native=False)
+    spec, arch = parse_arch_config(cfg, f"the config of {type(model).__name__}")
+    return Family(spec=spec, arch=arch, native=False)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
