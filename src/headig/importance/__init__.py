@@ -18,6 +18,7 @@ from headig.importance.value import (
     FORMAT_NAME,
     ORIGINAL_SIGNS,
     POSTPROCESS,
+    RANK_BY,
     SCHEMA_VERSION,
     SIGN_CONVENTION,
     HeadImportance,
@@ -26,7 +27,7 @@ from headig.importance.value import (
 )
 
 __all__ = [
-    "DEFAULT_FILENAME", "FORMAT_NAME", "MEAN_RTOL", "ORIGINAL_SIGNS", "POSTPROCESS",
+    "DEFAULT_FILENAME", "FORMAT_NAME", "MEAN_RTOL", "ORIGINAL_SIGNS", "POSTPROCESS", "RANK_BY",
     "SCHEMA_VERSION", "SIGN_CONVENTION", "HeadImportance", "OriginalSign", "as_importance",
     "check_consistency", "combine", "compare", "load_importance", "save_importance",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from headig.importance.value import HeadImportance, as_int
+from headig.importance.value import RANK_BY, HeadImportance, as_int
 
 __all__ = ["combine", "compare", "kendall_tau_b"]
 
@@ -113,7 +113,7 @@ def compare(a: HeadImportance, b: HeadImportance, k: int = 10,
     if a.n_layers != b.n_layers or a.n_heads != b.n_heads:
         raise ValueError(f"cannot compare shapes {[a.n_layers, a.n_heads]} and "
                          f"{[b.n_layers, b.n_heads]}: they describe different models")
-    if by not in ("signed", "abs"):
+    if by not in RANK_BY:
         raise ValueError(f"by={by!r}; expected 'signed' or 'abs'")
     layers = sorted(set(a.layers) & set(b.layers))
     if not layers:

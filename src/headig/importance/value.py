@@ -28,7 +28,7 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_FILENAME", "FORMAT_NAME", "POSTPROCESS", "SCHEMA_VERSION", "SIGN_CONVENTION",
-    "HeadImportance", "ORIGINAL_SIGNS", "OriginalSign", "as_importance", "as_int",
+    "HeadImportance", "ORIGINAL_SIGNS", "OriginalSign", "RANK_BY", "as_importance", "as_int",
 ]
 
 FORMAT_NAME = "headig.head_importance"
@@ -40,6 +40,8 @@ _ORIGINAL_SUFFIXES = (".pt", ".pth", ".bin")
 _ORIGINAL_NAME = "head_importance.pt"
 
 OriginalSign = Literal["loss", "helps"]
+#: How heads are ranked: by signed score or by |score| (``top_k(by=...)``, ``compare``).
+RANK_BY: tuple[str, ...] = ("signed", "abs")
 #: The values ``original_sign`` accepts (the one list; CLI choices read it).
 ORIGINAL_SIGNS: tuple[str, ...] = ("loss", "helps")
 
@@ -181,7 +183,7 @@ class HeadImportance:
         ``largest=False`` gives the k lowest instead. Only attributed layers are ranked;
         ties keep (layer, head) order.
         """
-        if by not in ("signed", "abs"):
+        if by not in RANK_BY:
             raise ValueError(f"by={by!r}; expected 'signed' or 'abs'")
         entries = self.entries()
         kk = as_int(k)
