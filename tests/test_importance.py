@@ -514,3 +514,27 @@ def test_as_importance_accepts_value_tensor_path_attribution(tmp_path: Path) -> 
         torch.save({"importance_scores": {0: torch.ones(2)}}, tmp_path / "o.pt")
         as_importance(tmp_path / "o.pt")
     assert as_importance(tmp_path / "o.pt", original_sign="loss").scores.tolist() == [[-1.0, -1.0]]
+
+
+@pytest.mark.parametrize("postprocess", ["signed", "abs", "relu"])
+def test_estimator_files_pass_the_consistency_check(loaded, tmp_path: Path,
+                                                    postprocess: str) -> None:
+    """Real attributions (float64 per example, float32 on disk) load under MEAN_RTOL."""
+    from headig.estimators import integrated_gradients
+    from headig.importance import MEAN_RTOL
+    from headig.paths import DP
+
+    model, _ = loaded("tiny-llada")
+    g = torch.Generator().manual_seed(0)
+    batch = [dict(input_ids=torch.randint(0, 490, (12,), generator=g), prompt_length=6,
+                  id=f"ex{i}") for i in range(3)]
+    attr = integrated_gradients(model, batch, path=DP(), steps=3, mask_probs=(0.3, 0.7),
+                                mask_samples_per_prob=1, postprocess=postprocess)
+    attr.save(tmp_path / postprocess)
+    back = HeadImportance.load(tmp_path / postprocess)
+    assert back.n_examples == 3 and back.meta["postprocess"] == postprocess
+    phi = {"signed": lambda a: a, "abs": torch.abs, "relu": lambda a: a.clamp_min(0)}[postprocess]
+    mean = phi(back.per_example.double()).mean(0)
+    err = (back.scores.double() - mean).abs().max().item()
+    assert err <= 1e-6 * mean.abs().max().item() + 1e-12  # far inside MEAN_RTOL = 1e-5
+    assert MEAN_RTOL == 1e-5
