@@ -412,3 +412,37 @@ def test_chat_template_llada_no_double_bos(llada_tok) -> None:
 def test_encoded_example_is_plain_value() -> None:
     enc = EncodedExample(torch.tensor([1, 2, 3]), 1, "x")
     assert (enc.length, enc.completion_length, enc.truncated) == (3, 2, False)
+
+
+# ---------------------------------------------------------------- recipe registry
+def test_recipe_registry_is_public_and_read_only() -> None:
+    from headig.data import RECIPES, Recipe, recipe_for_dataset, register_recipe
+
+    assert tuple(RECIPES) == ("fields", "gsm8k", "mmlu", "humaneval", "chat")
+    assert available_recipes() == sorted(RECIPES)
+    assert recipe_for_dataset("openai/gsm8k") is RECIPES["gsm8k"]
+    assert recipe_for_dataset("mmlu") is RECIPES["mmlu"] and recipe_for_dataset("x/y") is None
+    with pytest.raises(TypeError):
+        RECIPES["mine"] = RECIPES["fields"]  # type: ignore[index]
+    with pytest.raises(ValueError, match="'gsm8k' already exists"):
+        register_recipe(Recipe("gsm8k", RECIPES["fields"].build, {}))
+    with pytest.raises(TypeError, match="expected a Recipe"):
+        register_recipe("qa")  # type: ignore[arg-type]
+
+
+def test_registered_recipe_is_loadable() -> None:
+    import headig.data.recipes as recipes
+    from headig.data import Recipe, register_recipe
+
+    def build(rec: dict, opts: dict) -> tuple[str, str, dict]:
+        return f"Q: {rec['q']}{opts['sep']}", f" {rec['a']}", {"kind": "qa"}
+
+    register_recipe(Recipe("qa", build, {"sep": "\nA:"}))
+    try:
+        (ex,) = load_examples([{"q": "2+2?", "a": "4", "id": "r0"}], recipe="qa", seed=None)
+        assert "qa" in available_recipes()
+    finally:
+        del recipes._REGISTRY["qa"]  # keep the registry as other tests expect it
+    assert (ex.prompt, ex.completion, ex.id) == ("Q: 2+2?\nA:", " 4", "r0")
+    assert ex.meta == {"source": "records", "split": None, "index": 0, "recipe": "qa",
+                       "kind": "qa"}

@@ -16,10 +16,10 @@ from headig.importance import (
     DEFAULT_FILENAME,
     SCHEMA_VERSION,
     HeadImportance,
-    _kendall_tau_b,
     combine,
     compare,
 )
+from headig.importance.stats import kendall_tau_b
 
 
 def _example(seed: int = 0, layers: tuple[int, ...] = (1, 2), n_layers: int = 4,
@@ -371,8 +371,8 @@ def test_kendall_chunking_matches_brute_force() -> None:
     tx = sum(c * (c - 1) / 2 for c in np.unique(x, return_counts=True)[1])
     ty = sum(c * (c - 1) / 2 for c in np.unique(y, return_counts=True)[1])
     expected = (nc - nd) / math.sqrt((n0 - tx) * (n0 - ty))
-    assert _kendall_tau_b(x, y, chunk=7) == pytest.approx(expected, abs=1e-12)
-    assert _kendall_tau_b(x, y) == pytest.approx(expected, abs=1e-12)
+    assert kendall_tau_b(x, y, chunk=7) == pytest.approx(expected, abs=1e-12)
+    assert kendall_tau_b(x, y) == pytest.approx(expected, abs=1e-12)
 
 
 def test_compare_matches_scipy() -> None:
@@ -401,3 +401,140 @@ def test_no_temp_files_on_failed_save(tmp_path: Path, monkeypatch: pytest.Monkey
         _example(seed=1).save(f, sidecar=False)
     assert f.read_bytes() == before  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+
+
+# ---------------------------------------------------------------- file consistency
+def _tamper(src: Path, dst: Path, *, scores: torch.Tensor | None = None,
+            header_change: dict | None = None, meta_change: dict | None = None) -> None:
+    """Rewrite a saved file with some part changed, keeping everything else."""
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    header = json.loads(meta["headig"])
+    header.update(header_change or {})
+    header["meta"].update(meta_change or {})
+    meta["headig"] = json.dumps(header)
+    if scores is not None:
+        tensors["scores"] = scores
+    save_file(tensors, str(dst), metadata=meta)
+
+
+def test_scores_must_match_per_example_mean(tmp_path: Path) -> None:
+    imp = _example(n=4)
+    f = imp.save(tmp_path / "ok.safetensors", sidecar=False)
+    assert torch.equal(HeadImportance.load(f).scores, imp.scores)
+    # a change far below float32 noise of the mean still loads (tolerance 1e-5 relative)
+    nudged = imp.scores.clone()
+    nudged[1, 0] = torch.nextafter(nudged[1, 0], torch.tensor(10.0))
+    _tamper(f, tmp_path / "nudged.safetensors", scores=nudged)
+    HeadImportance.load(tmp_path / "nudged.safetensors")
+    # an edited score is refused, naming the head, both numbers and the tolerance
+    edited = imp.scores.clone()
+    edited[2, 1] += 0.01
+    _tamper(f, tmp_path / "edited.safetensors", scores=edited)
+    with pytest.raises(ValueError, match=r"scores disagree with the mean of per_example \(signed\) "
+                                         r"at 1 heads, first layer 2 head 1.*tolerance 1e-05"):
+        HeadImportance.load(tmp_path / "edited.safetensors")
+
+
+def test_postprocess_is_applied_before_the_mean(tmp_path: Path) -> None:
+    per = torch.tensor([[[1.0, -3.0]], [[-2.0, 1.0]]])  # N=2, L=1, H=2
+    signed = HeadImportance(per.mean(0), per_example=per, meta={"postprocess": "signed"})
+    assert signed.scores.tolist() == [[-0.5, -1.0]]
+    f = signed.save(tmp_path / "s.safetensors", sidecar=False)
+    # abs: mean |a| = [1.5, 2.0]; relu: mean max(a, 0) = [0.5, 0.5]
+    _tamper(f, tmp_path / "abs.safetensors", scores=torch.tensor([[1.5, 2.0]]),
+            meta_change={"postprocess": "abs"})
+    assert HeadImportance.load(tmp_path / "abs.safetensors").scores.tolist() == [[1.5, 2.0]]
+    _tamper(f, tmp_path / "relu.safetensors", scores=torch.tensor([[1.5, 2.0]]),
+            meta_change={"postprocess": "relu"})
+    with pytest.raises(ValueError, match=r"\(relu\).*score 1.5, mean 0.5"):
+        HeadImportance.load(tmp_path / "relu.safetensors")
+    _tamper(f, tmp_path / "odd.safetensors", meta_change={"postprocess": "square"})
+    with pytest.raises(ValueError, match="meta postprocess is 'square'"):
+        HeadImportance.load(tmp_path / "odd.safetensors")
+
+
+def test_n_examples_must_match_per_example(tmp_path: Path) -> None:
+    imp = _example(n=5)
+    f = imp.save(tmp_path / "ok.safetensors", sidecar=False)
+    _tamper(f, tmp_path / "hdr.safetensors", header_change={"n_examples": 50})
+    with pytest.raises(ValueError, match="invalid headig importance file: n_examples is 50 but "
+                                         "per_example has 5 rows"):
+        HeadImportance.load(tmp_path / "hdr.safetensors")
+    _tamper(f, tmp_path / "meta.safetensors", meta_change={"n_examples": 4})
+    with pytest.raises(ValueError, match="meta n_examples is 4 but per_example has 5 rows"):
+        HeadImportance.load(tmp_path / "meta.safetensors")
+    # without per_example the header must say null; meta may still record the data size
+    bare = HeadImportance(imp.scores, layers=imp.layers, meta={"n_examples": 5})
+    g = bare.save(tmp_path / "bare.safetensors", sidecar=False)
+    assert HeadImportance.load(g).meta["n_examples"] == 5
+    _tamper(g, tmp_path / "bare_hdr.safetensors", header_change={"n_examples": 5})
+    with pytest.raises(ValueError, match=r"n_examples is 5 but per_example has no rows"):
+        HeadImportance.load(tmp_path / "bare_hdr.safetensors")
+
+
+def test_save_refuses_inconsistent_value(tmp_path: Path) -> None:
+    imp = _example(n=3)
+    bad = HeadImportance(imp.scores + imp.layer_mask[:, None].float(), layers=imp.layers,
+                         per_example=imp.per_example)
+    with pytest.raises(ValueError, match="scores disagree with the mean of per_example"):
+        bad.save(tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+# ---------------------------------------------------------------- as_importance
+def test_as_importance_accepts_value_tensor_path_attribution(tmp_path: Path) -> None:
+    from headig.importance import as_importance
+
+    imp = _example()
+    assert as_importance(imp) is imp
+    t = as_importance(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    assert t.scores.tolist() == [[1.0, 2.0], [3.0, 4.0]] and t.layers == (0, 1)
+    assert as_importance([[1, 0]]).scores.dtype == torch.float32
+    f = imp.save(tmp_path / "run", sidecar=False)
+    assert torch.equal(as_importance(f).scores, imp.scores)
+    assert torch.equal(as_importance(str(tmp_path / "run")).scores, imp.scores)  # the folder
+
+    class Attr:
+        def to_importance(self) -> HeadImportance:
+            return imp
+
+    assert as_importance(Attr(), shape=(4, 3)) is imp
+    with pytest.raises(ValueError, match=r"have shape \[4, 3\]; expected \[n_layers, n_heads\] "
+                                         r"= \[4, 8\]"):
+        as_importance(imp, shape=(4, 8))
+    with pytest.raises(TypeError, match="cannot use a dict as head importance"):
+        as_importance({"scores": 1})
+    with pytest.raises(ValueError, match="must be 2-D"):
+        as_importance(torch.ones(3))
+    with pytest.raises(ValueError, match="original_sign"):
+        torch.save({"importance_scores": {0: torch.ones(2)}}, tmp_path / "o.pt")
+        as_importance(tmp_path / "o.pt")
+    assert as_importance(tmp_path / "o.pt", original_sign="loss").scores.tolist() == [[-1.0, -1.0]]
+
+
+@pytest.mark.parametrize("postprocess", ["signed", "abs", "relu"])
+def test_estimator_files_pass_the_consistency_check(loaded, tmp_path: Path,
+                                                    postprocess: str) -> None:
+    """Real attributions (float64 per example, float32 on disk) load under MEAN_RTOL."""
+    from headig.estimators import integrated_gradients
+    from headig.importance import MEAN_RTOL
+    from headig.paths import DP
+
+    model, _ = loaded("tiny-llada")
+    g = torch.Generator().manual_seed(0)
+    batch = [dict(input_ids=torch.randint(0, 490, (12,), generator=g), prompt_length=6,
+                  id=f"ex{i}") for i in range(3)]
+    attr = integrated_gradients(model, batch, path=DP(), steps=3, mask_probs=(0.3, 0.7),
+                                mask_samples_per_prob=1, postprocess=postprocess)
+    attr.save(tmp_path / postprocess)
+    back = HeadImportance.load(tmp_path / postprocess)
+    assert back.n_examples == 3 and back.meta["postprocess"] == postprocess
+    phi = {"signed": lambda a: a, "abs": torch.abs, "relu": lambda a: a.clamp_min(0)}[postprocess]
+    mean = phi(back.per_example.double()).mean(0)
+    err = (back.scores.double() - mean).abs().max().item()
+    assert err <= 1e-6 * mean.abs().max().item() + 1e-12  # far inside MEAN_RTOL = 1e-5
+    assert MEAN_RTOL == 1e-5

@@ -63,6 +63,31 @@ def register(registry_module: ModuleType | None = None) -> bool:
     return True
 
 
+def registered(name: str = MODEL_NAME) -> Any:
+    """Class decorator: register the decorated lm-eval model class under ``name``.
+
+    lm-eval's own ``register_model`` decorator, made safe for headig-dllm: lm-eval's
+    built-in models are registered first (via :func:`register`, which also adds the lazy
+    placeholder the start-up hook would add), and the placeholder is then upgraded to the
+    class itself. An existing entry that is neither (a newer lm-eval's entry point) is kept.
+    Failures only warn, so defining the class never breaks on an unusual lm-eval.
+    """
+    def decorate(cls: Any) -> Any:
+        try:
+            register()
+            from lm_eval.api.registry import register_model
+
+            register_model(name)(cls)
+        except ValueError:  # already registered with another target: keep it
+            pass
+        except Exception as err:  # pragma: no cover - lm-eval layout changed
+            print(f"headig_lmeval: could not register {name!r} with lm-eval: {err}",
+                  file=sys.stderr)
+        return cls
+
+    return decorate
+
+
 class _RegisteringLoader:
     """Wraps the real loader of ``lm_eval.api.registry``; registers after it executes."""
 

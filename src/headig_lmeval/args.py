@@ -1,8 +1,12 @@
-"""``--model_args`` of headig-dllm: one table of every argument, parsed and validated up front.
+"""``--model_args`` of headig-dllm: a typed configuration, parsed and validated in one place.
 
-Validation runs before anything heavy is imported or loaded, so a typo fails in well under a
-second with a message that lists the valid arguments. The table (:data:`ARGS`) is also what
-``docs/lm-eval.md`` documents and what the cache fingerprint is built from.
+:class:`ModelArgs` has one typed field per model_arg (default, help, allowed values and
+group in the field's metadata); :func:`parse_model_args` is the one place where lm-eval's
+strings become a ModelArgs and every combination is checked. Validation runs before any
+weights are loaded, so a typo fails at once with a message that lists the valid arguments.
+The table :data:`ARGS` (derived from the fields) is also what ``docs/lm-eval.md`` documents
+and what the cache fingerprint is built from. Choice lists are imported from the headig
+modules that implement them.
 """
 
 from __future__ import annotations
@@ -15,15 +19,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-ATTENTION = ("standard", "uniform", "adaptive")
-PRUNE = ("most", "least", "random")
-PRUNE_BY = ("signed", "abs")
-IMPORTANCE_SIGN = ("loss", "helps")
-REMASKING = ("low_confidence", "random")
-ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
-DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-KV_GROUPS = ("query", "kv")
-SPARSE_KERNELS = ("auto", "flex", "gather", "dense_mask")
+from headig.cli._common import DTYPES as CLI_DTYPES
+from headig.generation import DREAM_ALGS
+from headig.generation import REMASKING as _GEN_REMASKING
+from headig.importance import ORIGINAL_SIGNS, RANK_BY
+from headig.sparse.budgets import KV_GROUPS as _KV_GROUPS
+from headig.sparse.kernels import KERNELS
+from headig.sparse.patch import MODES as SPARSE_MODES
+
+# Choice lists come from the library that implements them, so a value the library accepts
+# is a value model_args accepts, and the two cannot drift apart.
+ATTENTION: tuple[str, ...] = SPARSE_MODES
+PRUNE: tuple[str, ...] = ("most", "least", "random")  # headig.gating.select_heads(which=)
+PRUNE_BY: tuple[str, ...] = RANK_BY
+IMPORTANCE_SIGN: tuple[str, ...] = ORIGINAL_SIGNS
+REMASKING: tuple[str, ...] = _GEN_REMASKING
+ALGS: tuple[str, ...] = DREAM_ALGS
+DTYPES: tuple[str, ...] = CLI_DTYPES
+KV_GROUPS: tuple[str, ...] = _KV_GROUPS
+SPARSE_KERNELS: tuple[str, ...] = KERNELS
 
 
 @dataclass(frozen=True)
@@ -38,93 +52,157 @@ class Arg:
     group: str = "model"
 
 
-ARGS: tuple[Arg, ...] = (
+def _arg(kind: str, default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+         group: str = "model") -> Any:
+    """A :class:`ModelArgs` field that carries its model_arg description."""
+    return field(default=default, metadata={"kind": kind, "help": help, "choices": choices,
+                                            "group": group})
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """The typed configuration of headig-dllm: one field per model_arg.
+
+    Build it with :func:`parse_model_args` (or :meth:`parse`), which converts lm-eval's
+    strings, applies the defaults and checks every combination; ``given`` records which
+    arguments were set explicitly. The field list is the authoritative table (:data:`ARGS`)
+    that ``docs/lm-eval.md`` documents and the cache fingerprint is built from.
+    """
+
     # -- model
-    Arg("pretrained", "str", None, "checkpoint folder (or hub id) of a LLaDA or Dream model; "
-        "required"),
-    Arg("tokenizer", "str", None, "tokenizer folder if it differs from `pretrained`"),
-    Arg("dtype", "str", "auto", "weights/activations dtype; auto = bfloat16 on CUDA, "
-        "float32 on CPU", DTYPES),
-    Arg("device", "str", None, "torch device (also --device); default cuda when available, "
-        "else cpu; under accelerate/torchrun each process uses its local device"),
-    Arg("batch_size", "batch", 1, "requests per forward (also --batch_size); results do not "
-        "depend on it; 'auto' uses max_batch_size"),
-    Arg("max_batch_size", "int", 64, "batch size used for batch_size=auto"),
-    Arg("max_length", "int", None, "context window in tokens; default the checkpoint's "
-        "max_position_embeddings (4096 if absent). Longer prompts are cut on the left"),
-    Arg("add_bos_token", "bool", False, "prepend the tokenizer's BOS token to every context"),
-    Arg("trust_remote_code", "bool", False, "accepted for compatibility with --model hf and "
-        "ignored: headig never runs checkpoint code"),
-    # -- interventions
-    Arg("attention", "str", "standard", "attention: dense (standard), uniform block-sparse or "
-        "importance-adaptive block-sparse", ATTENTION, "intervention"),
-    Arg("keep", "float", None, "sparse attention: fraction of key blocks kept per head "
-        "(library default 0.3; the original `select`)", None, "intervention"),
-    Arg("skip", "float", None, "sparse attention: fraction of denoising steps run dense "
-        "before the pattern is built (library default 0.2)", None, "intervention"),
-    Arg("block_size", "int", None, "sparse attention: key/query block size (library default)",
-        None, "intervention"),
-    Arg("min_keep", "float", None, "adaptive attention: lowest per-head keep ratio", None,
-        "intervention"),
-    Arg("max_keep", "float", None, "adaptive attention: highest per-head keep ratio",
-        None, "intervention"),
-    Arg("kv_groups", "str", None, "adaptive attention under GQA: per query head or per KV "
-        "group", KV_GROUPS, "intervention"),
-    Arg("min_seq_len", "int", None, "sparse attention: shorter sequences stay dense "
-        "(library default: measured per device, 1024 tokens); 0 always runs sparse", None,
-        "intervention"),
-    Arg("sparse_kernel", "str", None, "sparse attention kernel (library default auto: "
-        "compiled flex_attention, else gather)", SPARSE_KERNELS, "intervention"),
-    Arg("importance", "str", None, "head importance file (.safetensors from headig, or the "
-        "original head_importance.pt); needed by prune=most|least and attention=adaptive",
-        None, "intervention"),
-    Arg("importance_sign", "str", None, "sign of an original .pt file: 'loss' (raw IG of the "
-        "loss, negative = helps) or 'helps'", IMPORTANCE_SIGN, "intervention"),
-    Arg("prune", "str", None, "remove heads: the most or least important ones, or random ones",
-        PRUNE, "intervention"),
-    Arg("prune_k", "int", None, "number of heads to remove (or use prune_k_frac)", None,
-        "intervention"),
-    Arg("prune_k_frac", "float", None, "fraction of heads (in the chosen layers) to remove",
-        None, "intervention"),
-    Arg("prune_by", "str", "signed", "rank heads by signed score or by |score|", PRUNE_BY,
-        "intervention"),
-    Arg("layers", "layers", None, "layers to prune in: '3', '0-7' (inclusive), '-4:-1' "
-        "(inclusive, negatives count from the end) or '0;2;5'; default all attributed layers",
-        None, "intervention"),
-    Arg("seed", "int", 1234, "seed of random pruning, Monte-Carlo masks and sampling",
-        None, "intervention"),
+    pretrained: str | None = _arg("str", None,
+        "checkpoint folder (or hub id) of a LLaDA or Dream model; required")
+    tokenizer: str | None = _arg("str", None,
+        "tokenizer folder if it differs from `pretrained`")
+    dtype: str = _arg("str", "auto",
+        "weights/activations dtype; auto = bfloat16 on CUDA, float32 on CPU", choices=DTYPES)
+    device: str | None = _arg("str", None,
+        "torch device (also --device); default cuda when available, else cpu; under "
+        "accelerate/torchrun each process uses its local device")
+    batch_size: int | str = _arg("batch", 1,
+        "requests per forward (also --batch_size); results do not depend on it; 'auto' "
+        "uses max_batch_size")
+    max_batch_size: int = _arg("int", 64,
+        "batch size used for batch_size=auto")
+    max_length: int | None = _arg("int", None,
+        "context window in tokens; default the checkpoint's max_position_embeddings "
+        "(4096 if absent). Longer prompts are cut on the left")
+    add_bos_token: bool = _arg("bool", False,
+        "prepend the tokenizer's BOS token to every context")
+    trust_remote_code: bool = _arg("bool", False,
+        "accepted for compatibility with --model hf and ignored: headig never runs "
+        "checkpoint code")
+    # -- intervention
+    attention: str = _arg("str", "standard",
+        "attention: dense (standard), uniform block-sparse or importance-adaptive "
+        "block-sparse", choices=ATTENTION, group="intervention")
+    keep: float | None = _arg("float", None,
+        "sparse attention: fraction of key blocks kept per head (library default 0.3; "
+        "the original `select`)", group="intervention")
+    skip: float | None = _arg("float", None,
+        "sparse attention: fraction of denoising steps run dense before the pattern is "
+        "built (library default 0.2)", group="intervention")
+    block_size: int | None = _arg("int", None,
+        "sparse attention: key/query block size (library default)", group="intervention")
+    min_keep: float | None = _arg("float", None,
+        "adaptive attention: lowest per-head keep ratio", group="intervention")
+    max_keep: float | None = _arg("float", None,
+        "adaptive attention: highest per-head keep ratio", group="intervention")
+    kv_groups: str | None = _arg("str", None,
+        "adaptive attention under GQA: per query head or per KV group",
+        choices=KV_GROUPS, group="intervention")
+    min_seq_len: int | None = _arg("int", None,
+        "sparse attention: shorter sequences stay dense (library default: measured per "
+        "device, 1024 tokens); 0 always runs sparse", group="intervention")
+    sparse_kernel: str | None = _arg("str", None,
+        "sparse attention kernel (library default auto: compiled flex_attention, else "
+        "gather)", choices=SPARSE_KERNELS, group="intervention")
+    importance: str | None = _arg("str", None,
+        "head importance file (.safetensors from headig, or the original "
+        "head_importance.pt); needed by prune=most|least and attention=adaptive",
+        group="intervention")
+    importance_sign: str | None = _arg("str", None,
+        "sign of an original .pt file: 'loss' (raw IG of the loss, negative = helps) or"
+        " 'helps'", choices=IMPORTANCE_SIGN, group="intervention")
+    prune: str | None = _arg("str", None,
+        "remove heads: the most or least important ones, or random ones",
+        choices=PRUNE, group="intervention")
+    prune_k: int | None = _arg("int", None,
+        "number of heads to remove (or use prune_k_frac)", group="intervention")
+    prune_k_frac: float | None = _arg("float", None,
+        "fraction of heads (in the chosen layers) to remove", group="intervention")
+    prune_by: str = _arg("str", "signed",
+        "rank heads by signed score or by |score|", choices=PRUNE_BY, group="intervention")
+    layers: tuple | None = _arg("layers", None,
+        "layers to prune in: '3', '0-7' (inclusive), '-4:-1' (inclusive, negatives "
+        "count from the end) or '0;2;5'; default all attributed layers", group="intervention")
+    seed: int = _arg("int", 1234,
+        "seed of random pruning, Monte-Carlo masks and sampling", group="intervention")
     # -- likelihood
-    Arg("mc_num", "int", 128, "Monte-Carlo samples per loglikelihood request (1 is exact for "
-        "one-token continuations, which are always scored exactly)", None, "likelihood"),
-    Arg("mc_batch_size", "int", 32, "Monte-Carlo rows per stratified group (the original "
-        "batch_size); each forward holds batch_size x mc_batch_size rows", None, "likelihood"),
-    Arg("cfg", "float", 0.0, "classifier-free guidance scale (likelihood and generation)",
-        None, "likelihood"),
-    Arg("greedy_check", "bool", True, "compute is_greedy (argmax of the fully masked "
-        "continuation reproduces it); costs at most one extra row per request", None,
-        "likelihood"),
+    mc_num: int = _arg("int", 128,
+        "Monte-Carlo samples per loglikelihood request (1 is exact for one-token "
+        "continuations, which are always scored exactly)", group="likelihood")
+    mc_batch_size: int = _arg("int", 32,
+        "Monte-Carlo rows per stratified group (the original batch_size); each forward "
+        "holds batch_size x mc_batch_size rows", group="likelihood")
+    cfg: float = _arg("float", 0.0,
+        "classifier-free guidance scale (likelihood and generation)", group="likelihood")
+    greedy_check: bool = _arg("bool", True,
+        "compute is_greedy (argmax of the fully masked continuation reproduces it); "
+        "costs at most one extra row per request", group="likelihood")
     # -- generation
-    Arg("gen_length", "int", 256, "new tokens per generation (max_gen_toks); tasks' "
-        "max_gen_toks and --gen_kwargs override it", None, "generation"),
-    Arg("max_new_tokens", "int", None, "alias of gen_length", None, "generation"),
-    Arg("steps", "int", None, "denoising steps; default gen_length (one token per step)",
-        None, "generation"),
-    Arg("block_length", "int", None, "LLaDA-style semi-autoregressive block length "
-        "(default one block)", None, "generation"),
-    Arg("remasking", "str", None, "LLaDA-style remasking (default low_confidence)",
-        REMASKING, "generation"),
-    Arg("alg", "str", None, "Dream-style ordering; default entropy for Dream checkpoints "
-        "(LLaDA-style for LLaDA)", ALGS, "generation"),
-    Arg("alg_temp", "float", 0.0, "Dream-style: temperature of the position choice",
-        None, "generation"),
-    Arg("temperature", "float", 0.0, "token sampling temperature (0 = greedy)", None,
-        "generation"),
-    Arg("top_p", "float", None, "Dream-style nucleus sampling", None, "generation"),
-    Arg("top_k", "int", None, "Dream-style top-k sampling", None, "generation"),
-    Arg("eps", "float", 1e-3, "Dream-style final timestep", None, "generation"),
-    Arg("stop_early", "bool", True, "stop denoising once every row has committed EOS with no "
-        "mask before it (the text cannot change any more)", None, "generation"),
-)
+    gen_length: int = _arg("int", 256,
+        "new tokens per generation (max_gen_toks); tasks' max_gen_toks and --gen_kwargs"
+        " override it", group="generation")
+    max_new_tokens: int | None = _arg("int", None,
+        "alias of gen_length", group="generation")
+    steps: int | None = _arg("int", None,
+        "denoising steps; default gen_length (one token per step)", group="generation")
+    block_length: int | None = _arg("int", None,
+        "LLaDA-style semi-autoregressive block length (default one block)", group="generation")
+    remasking: str | None = _arg("str", None,
+        "LLaDA-style remasking (default low_confidence)", choices=REMASKING, group="generation")
+    alg: str | None = _arg("str", None,
+        "Dream-style ordering; default entropy for Dream checkpoints (LLaDA-style for "
+        "LLaDA)", choices=ALGS, group="generation")
+    alg_temp: float = _arg("float", 0.0,
+        "Dream-style: temperature of the position choice", group="generation")
+    temperature: float = _arg("float", 0.0,
+        "token sampling temperature (0 = greedy)", group="generation")
+    top_p: float | None = _arg("float", None,
+        "Dream-style nucleus sampling", group="generation")
+    top_k: int | None = _arg("int", None,
+        "Dream-style top-k sampling", group="generation")
+    eps: float = _arg("float", 1e-3,
+        "Dream-style final timestep", group="generation")
+    stop_early: bool = _arg("bool", True,
+        "stop denoising once every row has committed EOS with no mask before it (the "
+        "text cannot change any more)", group="generation")
+    # set by the parser, not a model_arg
+    given: frozenset[str] = field(default_factory=frozenset, compare=False)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | str | None) -> ModelArgs:
+        """Same as :func:`parse_model_args`."""
+        return parse_model_args(raw)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every model_arg and its value, in table order."""
+        return {name: getattr(self, name) for name in ARG_NAMES}
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.values
+
+    def fingerprint_items(self) -> dict[str, Any]:
+        """Everything that can change a result: every semantic argument, given or defaulted."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.values.items()
+                if k not in NON_SEMANTIC}
+
+
+ARGS: tuple[Arg, ...] = tuple(
+    Arg(f.name, f.metadata["kind"], f.default, f.metadata["help"], f.metadata["choices"],
+        f.metadata["group"]) for f in fields(ModelArgs) if "kind" in f.metadata)
 
 ARG_NAMES: tuple[str, ...] = tuple(a.name for a in ARGS)
 _BY_NAME: dict[str, Arg] = {a.name: a for a in ARGS}
@@ -267,27 +345,6 @@ def _convert(arg: Arg, value: Any) -> Any:
     return text
 
 
-@dataclass(frozen=True)
-class ModelArgs:
-    """Validated model arguments (see :data:`ARGS` for each one's meaning)."""
-
-    values: Mapping[str, Any]
-    given: frozenset[str] = field(default_factory=frozenset)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in _BY_NAME:
-            return self.values[name]
-        raise AttributeError(name)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.values)
-
-    def fingerprint_items(self) -> dict[str, Any]:
-        """Everything that can change a result: every semantic argument, given or defaulted."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.values.items()
-                if k not in NON_SEMANTIC}
-
-
 def _checks(v: dict[str, Any], given: set[str]) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -415,7 +472,7 @@ def parse_model_args(raw: Mapping[str, Any] | str | None) -> ModelArgs:
         values[k] = _convert(_BY_NAME[k], value)
         given.add(k)
     _checks(values, given)
-    return ModelArgs(values=values, given=frozenset(given))
+    return ModelArgs(**values, given=frozenset(given))
 
 
 def _split_arg_string(text: str) -> dict[str, Any]:

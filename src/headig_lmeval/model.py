@@ -15,10 +15,8 @@ deterministic; sampled generation runs each request with its own generator seede
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,12 +24,21 @@ from typing import Any
 
 import torch
 from lm_eval.api.model import TemplateLM
-from tqdm import tqdm
 
 import headig
 from headig.generation import generate, truncate_at_stop
 from headig.likelihood import loglikelihood_batch
-from headig_lmeval import MODEL_NAME
+from headig.runtime import (
+    dist_info,
+    env_dist_info,
+    file_digest,
+    fingerprint,
+    init_process_group,
+    json_digest,
+    progress_bar,
+    stable_seed,
+)
+from headig_lmeval._hook import MODEL_NAME, registered
 from headig_lmeval.args import (
     ModelArgs,
     ModelArgsError,
@@ -44,20 +51,6 @@ log = logging.getLogger(__name__)
 
 _STOP_TOKENS = ("<|eot_id|>", "<|endoftext|>", "<|im_end|>")
 _FAMILY_DEFAULT_ALG = {"dream": "entropy"}
-
-
-def _stable_seed(*parts: Any) -> int:
-    """A 63-bit seed from JSON-able parts; the same on every machine and process."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_arch(pretrained: str) -> tuple[str, int, int] | None:
@@ -77,6 +70,7 @@ def _read_arch(pretrained: str) -> tuple[str, int, int] | None:
     return spec.name, arch.n_layers, arch.n_heads
 
 
+@registered(MODEL_NAME)
 class HeadigDLLM(TemplateLM):
     """LLaDA / Dream for lm-eval, with optional head pruning and sparse attention.
 
@@ -163,20 +157,18 @@ class HeadigDLLM(TemplateLM):
 
     def _setup_distributed(self, device: str | None) -> None:
         """Data-parallel under ``accelerate launch`` / ``torchrun`` (env:// rendezvous)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        _, world, local = env_dist_info()
         cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
         self._dist = None
         if world > 1:
             import torch.distributed as dist
 
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if cuda else "gloo")
-            self._dist = dist
-            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
-            local = int(os.environ.get("LOCAL_RANK", self._rank))
             self._device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+            init_process_group(self._device)
             if cuda:
                 torch.cuda.set_device(self._device)
+            self._dist = dist
+            self._rank, self._world_size = dist_info()
         else:
             self._rank, self._world_size = 0, 1
             if device is None:
@@ -194,14 +186,14 @@ class HeadigDLLM(TemplateLM):
         a = self.args
         if a.importance is None:
             return None
-        from headig.importance import HeadImportance
+        from headig.importance import as_importance
 
         path = Path(a.importance).expanduser()
         kwargs: dict[str, Any] = {}
         if a.importance_sign is not None:
             kwargs = {"original_sign": a.importance_sign, "n_layers": shape[0]}
         try:
-            imp = HeadImportance.load(path, **kwargs)
+            imp = as_importance(path, **kwargs)
         except (ValueError, OSError) as err:
             raise ModelArgsError(f"importance={a.importance!r}: {err}") from None
         if tuple(imp.scores.shape) != tuple(shape):
@@ -261,13 +253,13 @@ class HeadigDLLM(TemplateLM):
         ckpt: dict[str, Any] = {"path": str(folder.resolve()) if folder.exists() else a.pretrained}
         if folder.is_dir():
             cfg = folder / "config.json"
-            ckpt["config"] = _file_digest(cfg) if cfg.is_file() else None
+            ckpt["config"] = file_digest(cfg) if cfg.is_file() else None
             ckpt["weights"] = sorted((p.name, p.stat().st_size) for p in folder.glob("*")
                                      if p.suffix in (".safetensors", ".bin"))
         items = {
             "model_args": a.fingerprint_items(),
             "checkpoint": ckpt,
-            "importance": (_file_digest(Path(a.importance).expanduser()
+            "importance": (file_digest(Path(a.importance).expanduser()
                                         if Path(a.importance).expanduser().is_file()
                                         else _importance_file(a.importance))
                            if a.importance else None),
@@ -275,7 +267,7 @@ class HeadigDLLM(TemplateLM):
             "dtype": str(self.model.dtype),
             "headig": headig.__version__,
         }
-        return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+        return json_digest(items)
 
     @property
     def fingerprint(self) -> str:
@@ -421,8 +413,8 @@ class HeadigDLLM(TemplateLM):
         step_rows = 4 * rows
         chunk: list[tuple] = []
         n_rows = 0
-        pbar = tqdm(total=len(unique), disable=disable_tqdm or self._rank != 0,
-                    desc="headig-dllm loglikelihood")
+        pbar = progress_bar(len(unique), "headig-dllm loglikelihood",
+                            enabled=not disable_tqdm and self._rank == 0)
 
         def flush() -> None:
             nonlocal chunk, n_rows
@@ -558,7 +550,7 @@ class HeadigDLLM(TemplateLM):
                 occurrence = seen[tuple(p)]
                 seen[tuple(p)] += 1
                 g = torch.Generator().manual_seed(
-                    _stable_seed(self.args.seed, p, settings_key, occurrence))
+                    stable_seed(self.args.seed, p, settings_key, occurrence))
                 results[j] = self._generate_call([p], s, g)[0].tolist()
                 if pbar is not None:
                     pbar.update(1)
@@ -584,8 +576,8 @@ class HeadigDLLM(TemplateLM):
                 settings[key] = self._settings(dict(gen_kwargs))  # validate all groups first
             groups[key].append(i)
         out: list[str | None] = [None] * len(requests)
-        pbar = tqdm(total=len(requests), disable=disable_tqdm or self._rank != 0,
-                    desc="headig-dllm generate_until")
+        pbar = progress_bar(len(requests), "headig-dllm generate_until",
+                            enabled=not disable_tqdm and self._rank == 0)
         for key, idx in groups.items():
             s = settings[key]
             prompts = [self.tok_encode(requests[i].args[0]) for i in idx]
@@ -601,22 +593,5 @@ class HeadigDLLM(TemplateLM):
 def _importance_file(path: str) -> str:
     """Digest of an importance *folder* (its files, sorted)."""
     folder = Path(path).expanduser()
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(p.name.encode())
-            h.update(_file_digest(p).encode())
-    return h.hexdigest()
-
-
-def _register() -> None:
-    """Importing this module (e.g. from a script) is enough to make ``headig-dllm`` known."""
-    from headig_lmeval._hook import register
-
-    try:
-        register()
-    except Exception as err:  # pragma: no cover - lm-eval layout changed
-        log.warning("could not register %s with lm-eval: %s", MODEL_NAME, err)
-
-
-_register()
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    return fingerprint(part for p in files for part in (p.name, file_digest(p)))

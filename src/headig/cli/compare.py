@@ -7,10 +7,12 @@ import json
 import math
 from typing import Any
 
-from headig.cli.show import load_importance
+from headig.cli._common import add_importance_arguments, load_importance
 
 
 def register(subparsers: Any) -> None:
+    from headig.importance import ORIGINAL_SIGNS, RANK_BY
+
     p = subparsers.add_parser(
         "compare", help="agreement of two importance files (Spearman, Kendall, top-k overlap)",
         description="Compare two head-importance files over their common attributed layers.")
@@ -18,16 +20,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("b", help="second importance file")
     p.add_argument("--k", type=int, default=None,
                    help="size of the top-k sets (default: 10, or all heads when fewer)")
-    p.add_argument("--by", choices=("signed", "abs"), default="signed",
+    p.add_argument("--by", choices=RANK_BY, default="signed",
                    help="rank the top-k by signed score or |score|")
-    p.add_argument("--original_sign", "--original-sign", choices=("loss", "helps"),
-                   default=None, help="sign of original .pt inputs (both)")
-    p.add_argument("--original_sign_a", choices=("loss", "helps"), default=None,
+    add_importance_arguments(p)
+    p.add_argument("--original_sign_a", choices=ORIGINAL_SIGNS, default=None,
                    help="sign of A when it is an original .pt (overrides --original_sign)")
-    p.add_argument("--original_sign_b", choices=("loss", "helps"), default=None,
+    p.add_argument("--original_sign_b", choices=ORIGINAL_SIGNS, default=None,
                    help="sign of B when it is an original .pt (overrides --original_sign)")
-    p.add_argument("--n_layers", "--n-layers", type=int, default=None,
-                   help="layer count for original .pt files covering a sub-range")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.set_defaults(func=run)
 

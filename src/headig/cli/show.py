@@ -6,43 +6,31 @@ import argparse
 import json
 from typing import Any
 
+from headig.cli._common import add_importance_arguments, load_importance
+
+__all__ = ["add_file_arguments", "load_importance", "register", "run", "summary_lines",
+           "top_lines"]
+
 
 def add_file_arguments(p: argparse.ArgumentParser, *names: str) -> None:
-    """Options shared by show/plot/compare for reading original research ``.pt`` files."""
-    p.add_argument("--original_sign", "--original-sign", choices=("loss", "helps"), default=None,
-                   help="for original head_importance.pt files, which do not record their sign: "
-                        "'loss' = raw files (IG of the loss, negative = important; negated on "
-                        "load), 'helps' = already negated ('_neg') files")
-    p.add_argument("--n_layers", "--n-layers", type=int, default=None,
-                   help="for original .pt files covering a sub-range: the model's layer count")
-
-
-def load_importance(path: str, original_sign: str | None = None,
-                    n_layers: int | None = None) -> Any:
-    """:meth:`HeadImportance.load` with the CLI's options; a clear error for missing files."""
-    from pathlib import Path
-
-    from headig.importance import HeadImportance
-
-    if not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"{path}: no such file or folder (expected a headig "
-                                ".safetensors importance file, a folder holding one, or an "
-                                "original head_importance.pt)")
-    return HeadImportance.load(path, original_sign=original_sign, n_layers=n_layers)
+    """Deprecated name of :func:`headig.cli._common.add_importance_arguments`."""
+    add_importance_arguments(p)
 
 
 def register(subparsers: Any) -> None:
+    from headig.importance import RANK_BY
+
     p = subparsers.add_parser(
         "show", help="print an importance file: layer x head table, top heads, settings",
         description="Print a head-importance file (positive = the head helps).")
     p.add_argument("file", help="importance file (.safetensors), a folder holding one (e.g. "
                                 "the --out of headig attribute), or an original .pt")
     p.add_argument("--top", type=int, default=10, help="how many top heads to list")
-    p.add_argument("--by", choices=("signed", "abs"), default="signed",
+    p.add_argument("--by", choices=RANK_BY, default="signed",
                    help="rank heads by signed score (most helpful first) or by |score|")
     p.add_argument("--precision", type=int, default=3, help="significant digits in the table")
     p.add_argument("--json", action="store_true", help="print the file as JSON instead")
-    add_file_arguments(p)
+    add_importance_arguments(p)
     p.set_defaults(func=run)
 
 
