@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headig.diffusion import has_preceding_row, masked_row_loss, source_rows, token_ce
 from headig.gating import normalize_layers, select_heads
 from headig.models.family import family_of
 from headig.objective import Item, MaskedDiffusionObjective, PointRequest, evaluate_points
+from headig.runtime import progress_bar
 from headig.validation.loss import default_objective, device_of, eval_items
-from headig.validation.report import progress_bar
 
 DEFAULT_ORACLE_MAX_HEADS = 16
 
@@ -263,15 +263,13 @@ def enumerate_generic(model: nn.Module, items: Sequence[Item], obj: MaskedDiffus
     n = len(lyr) * family.n_heads
     gates = _gate_configs(n, baseline).to(torch.float32).view(-1, len(lyr), family.n_heads)
     values = torch.zeros(1 << n, dtype=torch.float64)
-    bar = progress_bar(progress, len(items), "oracle coalitions", "ex")
+    bar = progress_bar(len(items), "oracle coalitions", enabled=progress, unit="ex", leave=False)
     for it in items:
         (vals, _), = evaluate_points(model, obj, [PointRequest(it, gates)], layers=list(lyr),
                                      with_grad=False, internal_batch_size=max_rows)
         values += vals / len(items)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return values
 
 
@@ -312,13 +310,13 @@ def enumerate_prefix_shared(model: nn.Module, items: Sequence[Item],
     mask_id, shift = family.mask_token_id, family.logit_shift
     rows = _variant_rows(items, obj)
     for it, _, _ in rows:
-        if shift and bool(it.completion[:shift].any()):
+        if not has_preceding_row(it.completion, shift):
             raise ValueError(f"example {it.id!r}: with a logit shift of {shift} the first "
                              "completion token needs a preceding token (e.g. BOS)")
     by_len: dict[int, list[tuple[Item, Tensor, float]]] = defaultdict(list)
     for row in rows:
         by_len[row[0].length].append(row)
-    bar = progress_bar(progress, len(rows), "oracle coalitions", "row")
+    bar = progress_bar(len(rows), "oracle coalitions", enabled=progress, unit="row", leave=False)
 
     def projected_heads(layer: int, x: Tensor, ctx: dict[str, Tensor]) -> Tensor:
         """[B, T, H, d]: each head's output through its slice of o_proj (the gate mix's terms)."""
@@ -348,18 +346,13 @@ def enumerate_prefix_shared(model: nn.Module, items: Sequence[Item],
                 run(x2, layer + 1, new_codes.flatten(), ss.repeat_interleave(n_cfg), ctx)
                 continue
             sel = ctx["select"][ss]  # [r, T] positions whose logits are scored
-            owner = sel.nonzero()[:, 0]
             mix = torch.einsum("nhm,ch->ncm", heads[sel], gates)
             x1 = xs[sel][:, None] + mix  # [N, C, d]
             x2 = x1 + block.mlp(block.mlp_norm(x1))
             logits = model.lm_head(model.norm(x2)).float()  # [N, C, V]
             tgt = ctx["targets"][ss][ctx["masked"][ss]]
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                 tgt.repeat_interleave(n_cfg), reduction="none")
-            loss = torch.zeros(r, n_cfg, dtype=torch.float32, device=device)
-            loss.index_add_(0, owner, ce.view(-1, n_cfg))
-            if obj.loss_normalize == "mean_masked":
-                loss = loss / ctx["masked"][ss].sum(1, keepdim=True).clamp_min(1)
+            ce = token_ce(logits.reshape(-1, logits.shape[-1]), tgt.repeat_interleave(n_cfg))
+            loss = masked_row_loss(ce.view(-1, n_cfg), ctx["masked"][ss], obj.loss_normalize)
             contrib = -loss.double().cpu() * ctx["coeff"][ss.cpu()][:, None]
             values.index_add_(0, new_codes.flatten().cpu(), contrib.flatten())
 
@@ -369,15 +362,13 @@ def enumerate_prefix_shared(model: nn.Module, items: Sequence[Item],
             chunk = group[s:s + max_rows]
             ids = torch.stack([it.input_ids for it, _, _ in chunk]).to(device)
             masked = torch.stack([m for _, m, _ in chunk]).to(device)
-            select = masked if shift == 0 else F.pad(masked[:, shift:], (0, shift))
+            select = source_rows(masked, shift)  # rows whose logits predict the masked tokens
             ctx = {"cos": cos, "sin": sin, "targets": ids, "masked": masked, "select": select,
                    "coeff": torch.tensor([w for _, _, w in chunk], dtype=torch.float64)}
             x = model.embed(ids.masked_fill(masked, mask_id))
             src = torch.arange(len(chunk), device=device)
             codes = torch.zeros(len(chunk), dtype=torch.long, device=device)
             run(x, 0, codes, src, ctx)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+            bar.update(len(chunk))
+    bar.close()
     return values

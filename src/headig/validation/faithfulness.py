@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from headig.objective import MaskedDiffusionObjective
+from headig.runtime import progress_bar
 from headig.validation.coalitions import CoalitionTable, coalition_table, ranking_fidelity
 from headig.validation.loss import eval_items
-from headig.validation.report import Report, fmt, progress_bar
+from headig.validation.report import Report, fmt
 
 __all__ = ["GRIDS", "EstimatorRun", "Faithfulness", "default_grid", "faithfulness",
            "ranking_fidelity"]
@@ -206,7 +207,8 @@ def faithfulness(model: nn.Module, batch: Any, *, layers: Sequence[int] | None =
     common = {"objective": obj, "layers": lyr, "internal_batch_size": internal_batch_size,
               "return_per_example": True}
     raw: list[dict[str, Any]] = []
-    bar = progress_bar(progress, len(runs_spec) * len(seeds), "estimators", "run")
+    bar = progress_bar(len(runs_spec) * len(seeds), "estimators", enabled=progress, unit="run",
+                       leave=False)
     stage(f"running {len(runs_spec)} estimator settings x {len(seeds)} seed(s)")
     for spec in runs_spec:
         for seed in seeds:
@@ -230,10 +232,8 @@ def faithfulness(model: nn.Module, batch: Any, *, layers: Sequence[int] | None =
                 "points": counter.forward_rows / n_var, "seconds": seconds,
                 "scores": imp.scores[lyr].flatten().tolist(),
             })
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     rows = _aggregate(raw)
     exact_rows = n_var * (1 << table.n)
     meta = {"n_examples": len(items), "n_variants": n_var, "layers": lyr, "n_heads": table.n,

@@ -165,8 +165,8 @@ def plot_faithfulness(result: Any, out: str | os.PathLike, *, title: str | None 
         ax.grid(alpha=0.3, which="both")
         if exact_cost:
             ax.axvline(exact_cost, color="black", ls=":", lw=0.8)
-            ax.annotate("exact\nenumeration", (exact_cost, 0.02), xycoords=("data", "axes fraction"),
-                        ha="right", va="bottom", fontsize=7)
+            ax.annotate("exact\nenumeration", (exact_cost, 0.02),
+                        xycoords=("data", "axes fraction"), ha="right", va="bottom", fontsize=7)
     exact_fid = (result.meta.get("exact_fidelity") or {}).get("mean")
     if exact_fid is not None:
         (h,) = axes[1].plot([], [], color="black", lw=0.8, ls="--",

@@ -24,6 +24,7 @@ from torch import nn
 from headig.gating import normalize_layers, select_heads
 from headig.models.family import family_of
 from headig.objective import MaskedDiffusionObjective
+from headig.runtime import progress_bar
 from headig.validation.accuracy import generation_accuracy
 from headig.validation.coalitions import (
     DEFAULT_ORACLE_MAX_HEADS,
@@ -32,7 +33,7 @@ from headig.validation.coalitions import (
     ranking_curves,
 )
 from headig.validation.loss import default_objective, eval_items, loss_at_masks, spread
-from headig.validation.report import Report, fmt, head_name, mean_std, progress_bar
+from headig.validation.report import Report, fmt, head_name, mean_std
 
 ARMS = ("most", "least", "random")
 
@@ -369,15 +370,14 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any,
     groups: list[dict[str, float]] = [{}] * len(masks)
     if acc.enabled:
         stage(f"generation accuracy of {len(masks)} pruned models")
-        bar = progress_bar(ev.progress, len(masks), "accuracy", "model")
+        bar = progress_bar(len(masks), "accuracy", enabled=ev.progress, unit="model",
+                           leave=False)
         for i, keep in enumerate(masks):
             res = generation_accuracy(model, items, labels=acc.labels, keep=keep,
                                       generate_kwargs=acc.generate_kwargs)
             accs[i], groups[i] = res["accuracy"], res["groups"]
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+        bar.close()
         intact["accuracy"], intact["groups"] = accs[0], groups[0]
     runs = []
     for i, sp in enumerate(specs, start=1):

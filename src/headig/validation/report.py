@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Report", "csv_text", "fmt", "head_name", "json_default", "mean_std",
-           "progress_bar"]
+__all__ = ["Report", "csv_text", "fmt", "head_name", "json_default", "mean_std"]
 
 
 def fmt(v: Any, digits: int = 4) -> str:
@@ -61,15 +60,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, float, float]:
     t = torch.tensor(list(values), dtype=torch.float64)
     std = float(t.std(unbiased=True)) if t.numel() > 1 else 0.0
     return float(t.mean()), std, float(t.min()), float(t.max())
-
-
-def progress_bar(enabled: bool, total: int, desc: str, unit: str = "it") -> Any:
-    """A tqdm bar when ``enabled`` (tqdm imported only then), else None."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False)
 
 
 class Report:

@@ -18,9 +18,10 @@ from torch import nn
 
 from headig.models.family import family_of
 from headig.objective import MaskedDiffusionObjective
+from headig.runtime import progress_bar
 from headig.validation.accuracy import generation_accuracy
 from headig.validation.loss import default_objective, device_of, eval_items, loss_at_masks
-from headig.validation.report import Report, fmt, progress_bar
+from headig.validation.report import Report, fmt
 
 SPARSE_MODES = ("standard", "uniform", "adaptive")
 
@@ -126,7 +127,7 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
     configs = ([("standard", 1.0)] if "standard" in modes else []) + \
         [(m, k) for k in keep_list for m in sparse_modes]
     rows = []
-    bar = progress_bar(progress, len(configs), "sparse", "setting")
+    bar = progress_bar(len(configs), "sparse", enabled=progress, unit="setting", leave=False)
     for mode, keep in configs:
         stage(f"{mode} attention" + ("" if mode == "standard" else f", keep {keep:g}"))
         start = time.time()
@@ -150,10 +151,8 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
         rows.append({"mode": mode, "keep": keep, "loss": loss, "accuracy": acc,
                      "groups": groups, "seconds": time.time() - start,
                      "stats": dict(patch.stats) if patch is not None else {}})
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     meta = {"n_examples": len(items), "objective": obj.settings(),
             "patch": {k: v for k, v in kw.items()}, "family": family.name,
             "model": getattr(model, "name_or_path", None)}
