@@ -21,6 +21,7 @@ from headig.validation import (
     coalition_table,
     eval_items,
     prune_sweep,
+    sparse_sweep,
 )
 from headig.validation.coalitions import enumerate_generic
 from headig.validation.report import csv_text, fmt, head_name, json_default, mean_std
@@ -71,6 +72,25 @@ def test_settings_reject_a_keyword_given_twice_or_unknown(loaded):
         prune_sweep(model, batch, SCORES, ks=[1], accuracy=AccuracySettings(), labels={})
     with pytest.raises(TypeError, match="unexpected keyword"):
         prune_sweep(model, batch, SCORES, ks=[1], oracle_rows=3)
+
+
+def test_sparse_sweep_settings_groups_equal_flat_keywords(loaded):
+    model, _ = loaded("tiny-llada")
+    batch = random_batch()
+    scores = SCORES.abs()
+    flat = sparse_sweep(model, batch, scores, keeps=[0.5], objective=FAST,
+                        internal_batch_size=4)
+    grouped = sparse_sweep(model, batch, scores, keeps=[0.5],
+                           evaluation=EvalSettings(objective=FAST, internal_batch_size=4))
+    assert [(r["mode"], r["keep"], r["loss"]) for r in flat.rows] == \
+        [(r["mode"], r["keep"], r["loss"]) for r in grouped.rows]
+    dense, uniform, adaptive = (r["loss"] for r in flat.rows)
+    # half the key blocks: both sparse modes change the loss of the random-weight model
+    assert abs(uniform - dense) > 1e-2 and abs(adaptive - dense) > 1e-2
+    with pytest.raises(TypeError, match="objective= inside the EvalSettings"):
+        sparse_sweep(model, batch, scores, evaluation=EvalSettings(), objective=FAST)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        sparse_sweep(model, batch, scores, oracle_examples=2)
 
 
 # ----------------------------------------------------------------------------- oracle

@@ -94,13 +94,8 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
     from headig.estimators import integrated_gradients
     from headig.models.loading import load_model
     from headig.paths import STP
-    from headig.validation.prune import (
-        AccuracySettings,
-        EvalSettings,
-        OracleSettings,
-        PruneSelection,
-        prune_sweep,
-    )
+    from headig.validation.prune import OracleSettings, PruneSelection, prune_sweep
+    from headig.validation.settings import AccuracySettings, EvalSettings
     from headig.validation.sparse import sparse_sweep
 
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
@@ -182,8 +177,10 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
             f"{', '.join(f'{k:g}' for k in cfg.sparse_keeps)}")
         t0 = time.time()
         try:
-            sparse_result = sparse_sweep(model, held, imp, keeps=cfg.sparse_keeps,
-                                         accuracy=True, labels=labels, progress=progress)
+            sparse_result = sparse_sweep(
+                model, held, imp, keeps=cfg.sparse_keeps,
+                accuracy=AccuracySettings(enabled=True, labels=labels),
+                evaluation=EvalSettings(progress=progress))
             files.update({f"sparse_{k}": v for k, v in sparse_result.save(folder).items()})
             say(f"      done in {time.time() - t0:.0f} s")
         except ImportError as err:  # headig.sparse not installed in this build

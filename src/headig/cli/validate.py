@@ -401,14 +401,8 @@ def run_prune(args: argparse.Namespace) -> int:
 
     import torch
 
-    from headig.validation.prune import (
-        AccuracySettings,
-        EvalSettings,
-        OracleSettings,
-        PruneSelection,
-        prune_sweep,
-        resolve_ks,
-    )
+    from headig.validation.prune import OracleSettings, PruneSelection, prune_sweep, resolve_ks
+    from headig.validation.settings import AccuracySettings, EvalSettings
 
     model, tokenizer, embedded = load_model_from_args(args)
     fam = model.family
@@ -469,6 +463,7 @@ def run_sparse(args: argparse.Namespace) -> int:
 
     import torch
 
+    from headig.validation.settings import AccuracySettings, EvalSettings
     from headig.validation.sparse import sparse_sweep
 
     model, tokenizer, embedded = load_model_from_args(args)
@@ -482,11 +477,14 @@ def run_sparse(args: argparse.Namespace) -> int:
              "max_keep": args.max_keep, "kv_groups": args.kv_groups, "kernel": args.kernel}
     t0 = time.time()
     with torch.no_grad():
-        sweep = sparse_sweep(model, encoded, imp, keeps=keeps, modes=modes, objective=objective,
-                             accuracy=want_accuracy(args.accuracy, labels),
-                             labels=labels or None, patch_kwargs=patch,
-                             internal_batch_size=rows_per_forward(args, encoded),
-                             progress=not args.no_progress, on_stage=lambda m: say(f"... {m}"))
+        sweep = sparse_sweep(
+            model, encoded, imp, keeps=keeps, modes=modes, patch_kwargs=patch,
+            accuracy=AccuracySettings(enabled=want_accuracy(args.accuracy, labels),
+                                      labels=labels or None),
+            evaluation=EvalSettings(objective=objective,
+                                    internal_batch_size=rows_per_forward(args, encoded),
+                                    progress=not args.no_progress,
+                                    on_stage=lambda m: say(f"... {m}")))
     sweep.meta.update({"scores": args.scores, "data": desc, "seconds": time.time() - t0})
     files = sweep.save(out, plot=not args.no_plot)
     print(sweep.to_markdown())

@@ -11,6 +11,7 @@ What lives here, one job per module:
   (:func:`sparse_sweep`);
 * :mod:`~headig.validation.accuracy` – exact-match generation accuracy;
 * :mod:`~headig.validation.faithfulness` – estimators against exact Shapley values;
+* :mod:`~headig.validation.settings` – settings shared by the sweeps (accuracy, evaluation);
 * :mod:`~headig.validation.report` – the one report base (csv / json / markdown / save) and
   the public formatting helpers;
 * :mod:`~headig.validation.plots` – the PNGs of the reports (matplotlib, lazily).
@@ -39,8 +40,6 @@ from headig.validation.faithfulness import (
 from headig.validation.loss import eval_items, loss_at_masks, spread
 from headig.validation.prune import (
     ARMS,
-    AccuracySettings,
-    EvalSettings,
     OracleSettings,
     PruneSelection,
     PruneSweep,
@@ -48,6 +47,7 @@ from headig.validation.prune import (
     resolve_ks,
 )
 from headig.validation.report import Report
+from headig.validation.settings import AccuracySettings, EvalSettings
 from headig.validation.sparse import SPARSE_MODES, SparseSweep, auto_block_size, sparse_sweep
 
 __all__ = [

@@ -12,8 +12,7 @@ Its settings come in four small groups (:class:`PruneSelection`, :class:`OracleS
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from torch import nn
 
 from headig.gating import normalize_layers, select_heads
 from headig.models.family import family_of
-from headig.objective import MaskedDiffusionObjective
 from headig.runtime import progress_bar
 from headig.validation.accuracy import generation_accuracy
 from headig.validation.coalitions import (
@@ -34,6 +32,7 @@ from headig.validation.coalitions import (
 )
 from headig.validation.loss import default_objective, eval_items, loss_at_masks, spread
 from headig.validation.report import Report, fmt, head_name, mean_std
+from headig.validation.settings import AccuracySettings, EvalSettings, fold_keywords
 
 ARMS = ("most", "least", "random")
 
@@ -111,29 +110,6 @@ class OracleSettings:
     max_heads: int = DEFAULT_ORACLE_MAX_HEADS
 
 
-@dataclass(frozen=True)
-class AccuracySettings:
-    """Exact-match generation accuracy (:func:`~headig.validation.accuracy.generation_accuracy`).
-
-    ``labels`` (example id -> group) adds per-group accuracy; ``generate_kwargs`` go to
-    :func:`headig.generation.generate`.
-    """
-
-    enabled: bool = False
-    labels: Mapping[str, str] | None = None
-    generate_kwargs: Mapping[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How the loss is computed and reported: objective, batch size, progress display."""
-
-    objective: MaskedDiffusionObjective | None = None
-    internal_batch_size: int = 256
-    progress: bool = False
-    on_stage: Callable[[str], None] | None = None
-
-
 # earlier flat keyword -> (settings group, field)
 _LEGACY: dict[str, tuple[str, str]] = {
     **{name: ("selection", name) for name in
@@ -151,30 +127,15 @@ def _settings(selection: PruneSelection | None, oracle: OracleSettings | bool | 
               legacy: Mapping[str, Any]
               ) -> tuple[PruneSelection, OracleSettings, AccuracySettings, EvalSettings]:
     """The four settings groups, with any flat keywords of earlier releases folded in."""
-    unknown = sorted(set(legacy) - set(_LEGACY))
-    if unknown:
-        raise TypeError(f"prune_sweep() got unexpected keyword argument(s) {unknown}")
-    groups: dict[str, Any] = {
-        "selection": selection,
-        "oracle": oracle if isinstance(oracle, OracleSettings) else None,
-        "accuracy": accuracy if isinstance(accuracy, AccuracySettings) else None,
-        "evaluation": evaluation,
-    }
-    defaults: dict[str, Any] = {
-        "selection": PruneSelection(),
-        "oracle": OracleSettings(enabled=None if oracle is None else bool(oracle)),
-        "accuracy": AccuracySettings(enabled=bool(accuracy)),
-        "evaluation": EvalSettings(),
-    }
-    updates: dict[str, dict[str, Any]] = {g: {} for g in groups}
-    for name, value in legacy.items():
-        group, attr = _LEGACY[name]
-        if groups[group] is not None:
-            raise TypeError(f"pass {name}= inside the {type(groups[group]).__name__} or as a "
-                            "keyword, not both")
-        updates[group][attr] = value
-    out = {g: dataclasses.replace(groups[g] if groups[g] is not None else defaults[g],
-                                  **updates[g]) for g in groups}
+    given = {"selection": selection,
+             "oracle": oracle if isinstance(oracle, OracleSettings) else None,
+             "accuracy": accuracy if isinstance(accuracy, AccuracySettings) else None,
+             "evaluation": evaluation}
+    defaults = {"selection": PruneSelection(),
+                "oracle": OracleSettings(enabled=None if oracle is None else bool(oracle)),
+                "accuracy": AccuracySettings(enabled=bool(accuracy)),
+                "evaluation": EvalSettings()}
+    out = fold_keywords("prune_sweep", given, defaults, legacy, _LEGACY)
     return out["selection"], out["oracle"], out["accuracy"], out["evaluation"]
 
 

@@ -8,7 +8,7 @@ that on held-out loss (and generation accuracy).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,20 @@ import torch
 from torch import nn
 
 from headig.models.family import family_of
-from headig.objective import MaskedDiffusionObjective
 from headig.runtime import progress_bar
 from headig.validation.accuracy import generation_accuracy
 from headig.validation.loss import default_objective, device_of, eval_items, loss_at_masks
 from headig.validation.report import Report, fmt
+from headig.validation.settings import AccuracySettings, EvalSettings, fold_keywords
 
 SPARSE_MODES = ("standard", "uniform", "adaptive")
+
+# earlier flat keyword -> (settings group, field)
+_LEGACY: dict[str, tuple[str, str]] = {
+    **{name: ("evaluation", name) for name in
+       ("objective", "internal_batch_size", "progress", "on_stage")},
+    "labels": ("accuracy", "labels"), "generate_kwargs": ("accuracy", "generate_kwargs"),
+}
 
 __all__ = ["SPARSE_MODES", "SparseSweep", "auto_block_size", "sparse_sweep"]
 
@@ -78,12 +85,10 @@ class SparseSweep(Report):
 def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
                  keeps: Sequence[float] = (0.1, 0.3, 0.5),
                  modes: Sequence[str] = SPARSE_MODES,
-                 objective: MaskedDiffusionObjective | None = None, accuracy: bool = False,
-                 labels: Mapping[str, str] | None = None,
-                 generate_kwargs: Mapping[str, Any] | None = None,
+                 accuracy: AccuracySettings | bool = False,
+                 evaluation: EvalSettings | None = None,
                  patch_kwargs: Mapping[str, Any] | None = None,
-                 internal_batch_size: int = 256, progress: bool = False,
-                 on_stage: Callable[[str], None] | None = None) -> SparseSweep:
+                 **legacy: Any) -> SparseSweep:
     """Dense vs uniform vs importance-adaptive sparse attention at several keep ratios.
 
     The loss is the held-out masked-diffusion loss (one forward per masking variant, so
@@ -100,9 +105,22 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
             ``block_size`` defaults to :func:`auto_block_size` of the longest example,
             ``min_seq_len`` to 0 (always sparse: this measures quality, not speed) and
             ``kernel`` to "gather" on a CPU (same result as the compiled kernel, no compile).
+        accuracy: :class:`~headig.validation.settings.AccuracySettings`, or True / False.
+        evaluation: objective, rows per forward, progress
+            (:class:`~headig.validation.settings.EvalSettings`).
+        **legacy: the flat keywords of earlier releases (``objective``, ``labels``,
+            ``generate_kwargs``, ``internal_batch_size``, ``progress``, ``on_stage``).
     """
     from headig.sparse import SparseAttentionPatch
 
+    cfg = fold_keywords(
+        "sparse_sweep",
+        {"accuracy": accuracy if isinstance(accuracy, AccuracySettings) else None,
+         "evaluation": evaluation},
+        {"accuracy": AccuracySettings(enabled=bool(accuracy)), "evaluation": EvalSettings()},
+        legacy, _LEGACY)
+    acc_cfg: AccuracySettings = cfg["accuracy"]
+    ev: EvalSettings = cfg["evaluation"]
     bad = [m for m in modes if m not in SPARSE_MODES]
     if bad or not modes:
         raise ValueError(f"modes={list(modes)}; expected a non-empty subset of "
@@ -115,19 +133,19 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
         raise ValueError(f"keeps={list(keeps)}; expected fractions in (0, 1]")
     family = family_of(model)
     items = eval_items(batch)
-    obj = default_objective(objective)
+    obj = default_objective(ev.objective)
     kw = dict(patch_kwargs or {})
     if kw.get("block_size") is None:
         kw["block_size"] = auto_block_size(max(it.length for it in items))
     kw.setdefault("min_seq_len", 0)
     if kw.get("kernel") in (None, "auto") and device_of(model).type == "cpu":
         kw["kernel"] = "gather"  # compiling flex_attention on a CPU costs more than it saves
-    stage = on_stage or (lambda _m: None)
+    stage = ev.on_stage or (lambda _m: None)
     full = torch.ones(family.n_layers, family.n_heads, dtype=torch.bool)
     configs = ([("standard", 1.0)] if "standard" in modes else []) + \
         [(m, k) for k in keep_list for m in sparse_modes]
     rows = []
-    bar = progress_bar(len(configs), "sparse", enabled=progress, unit="setting", leave=False)
+    bar = progress_bar(len(configs), "sparse", enabled=ev.progress, unit="setting", leave=False)
     for mode, keep in configs:
         stage(f"{mode} attention" + ("" if mode == "standard" else f", keep {keep:g}"))
         start = time.time()
@@ -138,12 +156,12 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
             patch.apply()
         try:
             loss = float(loss_at_masks(model, items, full, objective=obj,
-                                       internal_batch_size=internal_batch_size))
+                                       internal_batch_size=ev.internal_batch_size))
             acc = None
             groups: dict[str, float] = {}
-            if accuracy:
-                res = generation_accuracy(model, items, labels=labels,
-                                          generate_kwargs=generate_kwargs)
+            if acc_cfg.enabled:
+                res = generation_accuracy(model, items, labels=acc_cfg.labels,
+                                          generate_kwargs=acc_cfg.generate_kwargs)
                 acc, groups = res["accuracy"], res["groups"]
         finally:
             if patch is not None:
