@@ -16,9 +16,11 @@ What lives here, one job per module:
   the public formatting helpers;
 * :mod:`~headig.validation.plots` – the PNGs of the reports (matplotlib, lazily).
 
-Imports: this package may use the models, the diffusion objective, attribution,
-interventions (gating, sparse attention), importance and generation — never the command
-line (``headig.cli``), which is built on top of it.
+Imports: this package may use the models, the diffusion core (masked CE, logit
+alignment, generation), the runtime helpers, attribution (objective, estimators),
+interventions (head gates and masks, sparse attention) and importance — never the command
+line (``headig.cli``), which is built on top of it. Its modules import each other's
+public names only.
 """
 
 from headig.validation.accuracy import generation_accuracy
