@@ -8,11 +8,16 @@ import pytest
 import torch
 
 from headig.estimators import integrated_gradients
-from headig.faithfulness import EstimatorRun, faithfulness, ranking_fidelity
 from headig.importance import compare
 from headig.objective import MaskedDiffusionObjective
 from headig.paths import STP
-from headig.validate import coalition_table, eval_items
+from headig.validation import (
+    EstimatorRun,
+    coalition_table,
+    eval_items,
+    faithfulness,
+    ranking_fidelity,
+)
 
 # Budget of the STP check (stated here, used below): 4 training examples per task (24),
 # masking variants p = 0.3, 0.6, 0.9 once each; STP with a narrow ramp (width 0.1) and 4

@@ -12,20 +12,21 @@ import torch
 from headig.estimators import exact_shapley, integrated_gradients
 from headig.objective import MaskedDiffusionObjective
 from headig.paths import STP
-from headig.validate import (
+from headig.validation import (
     CoalitionTable,
-    _coalitions_generic,
-    _fidelity,
     auto_block_size,
     coalition_table,
     eval_items,
+    fidelity,
     generation_accuracy,
     loss_at_masks,
     prune_sweep,
+    ranking_fidelity,
     resolve_ks,
     sparse_sweep,
     spread,
 )
+from headig.validation.coalitions import enumerate_generic
 from tests.conftest import FAMILIES
 
 FAST = MaskedDiffusionObjective(mask_probs=(0.3, 0.7), mask_samples_per_prob=1)
@@ -79,7 +80,7 @@ def test_prefix_shared_enumeration_matches_plain_forwards_and_exact_shapley(name
                                        loss_normalize=norm)
         table = coalition_table(model, batch, layers=layers, objective=obj, baseline=baseline,
                                 max_rows=128)  # small chunks exercise the splitting
-        plain = _coalitions_generic(model, items, obj, layers, baseline, 4096, False)
+        plain = enumerate_generic(model, items, obj, layers, baseline=baseline)
         assert table.values.shape == (2 ** (4 * len(layers)),)
         torch.testing.assert_close(table.values, plain, atol=2e-5, rtol=1e-6)
         ref = exact_shapley(model, batch, objective=obj, layers=layers, baseline=baseline)
@@ -135,13 +136,12 @@ def test_oracle_and_fidelity_on_a_hand_checked_game():
     phi = table.shapley().flatten().tolist()
     assert phi == pytest.approx([5.0, -1.0, 0.5, 2.0, 0.0, 3.0])
     # fidelity = (L_rand - L_arm) / (L_rand - L_oracle)
-    assert _fidelity(2.0, 4.0, 0.0) == pytest.approx(0.5)
-    assert _fidelity(6.0, 4.0, 8.0) == pytest.approx(0.5)
-    assert _fidelity(1.0, 4.0, 4.0) is None
+    assert fidelity(2.0, 4.0, 0.0) == pytest.approx(0.5)
+    assert fidelity(6.0, 4.0, 8.0) == pytest.approx(0.5)
+    assert fidelity(1.0, 4.0, 4.0) is None
 
 
 def test_fidelity_is_one_for_the_true_ranking_of_an_additive_game():
-    from headig.faithfulness import ranking_fidelity
 
     contrib = torch.tensor([3.0, -1.0, 0.5, 2.0, 0.25, 1.0], dtype=torch.float64)
     table = synthetic_table(lambda c: float(sum(contrib[i] for i in range(6) if (c >> i) & 1)))

@@ -94,7 +94,9 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
     from headig.estimators import integrated_gradients
     from headig.models.loading import load_model
     from headig.paths import STP
-    from headig.validate import prune_sweep, sparse_sweep
+    from headig.validation.prune import OracleSettings, PruneSelection, prune_sweep
+    from headig.validation.settings import AccuracySettings, EvalSettings
+    from headig.validation.sparse import sparse_sweep
 
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     say = _printer(progress)
@@ -157,10 +159,12 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
         f"({cfg.random_seeds} seeds), loss + generation accuracy; oracle over all "
         f"{2 ** n_heads} subsets on {min(cfg.oracle_examples, len(held))} examples")
     t0 = time.time()
-    sweep = prune_sweep(model, held, imp, ks=ks, random_seeds=cfg.random_seeds, accuracy=True,
-                        labels=labels, oracle=n_heads <= 16,
-                        oracle_examples=cfg.oracle_examples, progress=progress,
-                        on_stage=lambda m: say(f"      {m}"))
+    sweep = prune_sweep(model, held, imp, PruneSelection(ks=ks, random_seeds=cfg.random_seeds),
+                        oracle=OracleSettings(enabled=n_heads <= 16,
+                                              examples=cfg.oracle_examples),
+                        accuracy=AccuracySettings(enabled=True, labels=labels),
+                        evaluation=EvalSettings(progress=progress,
+                                                on_stage=lambda m: say(f"      {m}")))
     prune_seconds = time.time() - t0
     files.update({f"prune_{k}": v for k, v in sweep.save(folder).items()})
     say(f"      done in {prune_seconds:.0f} s")
@@ -173,8 +177,10 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
             f"{', '.join(f'{k:g}' for k in cfg.sparse_keeps)}")
         t0 = time.time()
         try:
-            sparse_result = sparse_sweep(model, held, imp, keeps=cfg.sparse_keeps,
-                                         accuracy=True, labels=labels, progress=progress)
+            sparse_result = sparse_sweep(
+                model, held, imp, keeps=cfg.sparse_keeps,
+                accuracy=AccuracySettings(enabled=True, labels=labels),
+                evaluation=EvalSettings(progress=progress))
             files.update({f"sparse_{k}": v for k, v in sparse_result.save(folder).items()})
             say(f"      done in {time.time() - t0:.0f} s")
         except ImportError as err:  # headig.sparse not installed in this build
@@ -196,23 +202,10 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
 
 
 def _heatmap(imp: Any, path: Path) -> Path:
-    try:
-        from headig.plotting import save_heatmap
-    except ImportError:  # pragma: no cover - plotting ships with headig
-        save_heatmap = None
-    if save_heatmap is not None:
-        return save_heatmap(imp, path, mark_top=3,
-                            title="HeadIG (STP) head importance — embedded tiny model")
-    from headig.validation_plots import _plt, _save
+    from headig.plotting import save_heatmap
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    peak = float(imp.scores.abs().max()) or 1.0
-    im = ax.imshow(imp.scores.numpy(), cmap="RdBu", vmin=-peak, vmax=peak)
-    fig.colorbar(im, ax=ax, label="score (positive = helps)")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    return _save(fig, path)
+    return save_heatmap(imp, path, mark_top=3,
+                        title="HeadIG (STP) head importance — embedded tiny model")
 
 
 def _row(sweep: Any, arm: str, k: int) -> dict[str, Any] | None:

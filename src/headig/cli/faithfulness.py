@@ -14,12 +14,12 @@ from typing import Any
 
 from headig.cli.validate import (
     Formatter,
-    _flags,
-    _layers_from_args,
     add_data_arguments,
     add_model_arguments,
     add_objective_arguments,
     check_out,
+    flags,
+    layers_from_args,
     load_data_from_args,
     load_model_from_args,
     objective_from_args,
@@ -40,9 +40,9 @@ def register(subparsers: Any) -> None:
     g = p.add_argument_group("model and data")
     add_model_arguments(g)
     add_data_arguments(g, limit=48, what="attribution")
-    g.add_argument(*_flags("--layer_start"), type=int, default=None,
+    g.add_argument(*flags("--layer_start"), type=int, default=None,
                    help="first attributed layer (inclusive)")
-    g.add_argument(*_flags("--layer_end"), type=int, default=None,
+    g.add_argument(*flags("--layer_end"), type=int, default=None,
                    help="last attributed layer (inclusive, -1 = last)")
     g = p.add_argument_group("estimators")
     g.add_argument("--grid", choices=("quick", "full", "minimal"), default="quick",
@@ -57,8 +57,8 @@ def register(subparsers: Any) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default="headig-faithfulness", help="output folder")
     g.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
-    g.add_argument(*_flags("--no_plot"), action="store_true", help="skip the PNG")
-    g.add_argument(*_flags("--no_progress"), action="store_true", help="no progress bars")
+    g.add_argument(*flags("--no_plot"), action="store_true", help="skip the PNG")
+    g.add_argument(*flags("--no_progress"), action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -71,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
     out = check_out(args.out, ["faithfulness.csv", "faithfulness.json", "faithfulness.md"],
                     args.overwrite)
 
-    from headig.faithfulness import faithfulness
+    from headig.validation.faithfulness import faithfulness
 
     model, tokenizer, embedded = load_model_from_args(args)
     fam = model.family
-    layers = _layers_from_args(args, fam.n_layers) or list(range(fam.n_layers))
+    layers = layers_from_args(args, fam.n_layers) or list(range(fam.n_layers))
     n = len(layers) * fam.n_heads
     if n > 16:
         raise ValueError(f"{n} heads in layers {layers[0]}..{layers[-1]}: exact Shapley values "

@@ -27,7 +27,7 @@ BOS_CHOICES = ("auto", "yes", "no")
 # ----------------------------------------------------------------------------- shared flags
 
 
-def _flags(*names: str) -> list[str]:
+def flags(*names: str) -> list[str]:
     """Each name plus its dashed spelling (``--k_frac`` -> also ``--k-frac``)."""
     out: list[str] = []
     for n in names:
@@ -48,56 +48,56 @@ class Formatter(argparse.HelpFormatter):
 
 
 def add_model_arguments(p: argparse.ArgumentParser | Any) -> None:
-    p.add_argument(*_flags("--model"), default=EMBEDDED,
+    p.add_argument(*flags("--model"), default=EMBEDDED,
                    help="checkpoint folder (official LLaDA/Dream layout), cached hub id, or "
                         "'embedded' for the tiny model shipped with headig")
-    p.add_argument(*_flags("--dtype"), default="auto",
+    p.add_argument(*flags("--dtype"), default="auto",
                    choices=("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
                    help="weights dtype (auto = as stored)")
-    p.add_argument(*_flags("--device"), default=None,
+    p.add_argument(*flags("--device"), default=None,
                    help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
 def add_data_arguments(p: argparse.ArgumentParser | Any, *, limit: int | None,
                        what: str = "held-out") -> None:
-    p.add_argument(*_flags("--data"), default=None,
+    p.add_argument(*flags("--data"), default=None,
                    help=f"{what} examples: a .jsonl/.json/.csv file, a folder of split files, "
                         "a Hugging Face dataset name, or embedded[:eval|:train] (default with "
                         "the embedded model: embedded:eval, its held-out set)")
-    p.add_argument(*_flags("--recipe"), default=None,
+    p.add_argument(*flags("--recipe"), default=None,
                    choices=("fields", "gsm8k", "mmlu", "humaneval", "chat"),
                    help="how records become (prompt, completion) (default: inferred)")
-    p.add_argument(*_flags("--split"), default=None, help="split of --data")
-    p.add_argument(*_flags("--data_config"), default=None, help="Hugging Face dataset config")
-    p.add_argument(*_flags("--prompt_field"), default=None, help="fields recipe: prompt field")
-    p.add_argument(*_flags("--completion_field"), default=None,
+    p.add_argument(*flags("--split"), default=None, help="split of --data")
+    p.add_argument(*flags("--data_config"), default=None, help="Hugging Face dataset config")
+    p.add_argument(*flags("--prompt_field"), default=None, help="fields recipe: prompt field")
+    p.add_argument(*flags("--completion_field"), default=None,
                    help="fields recipe: completion field")
-    p.add_argument(*_flags("--num_fewshot"), type=int, default=None,
+    p.add_argument(*flags("--num_fewshot"), type=int, default=None,
                    help="few-shot prefix (gsm8k, mmlu)")
-    p.add_argument(*_flags("--answer_mode"), default=None, choices=("full", "final"),
+    p.add_argument(*flags("--answer_mode"), default=None, choices=("full", "final"),
                    help="gsm8k: score the whole solution or only the final answer")
-    p.add_argument(*_flags("--limit", "--max_samples"), type=int, default=limit,
+    p.add_argument(*flags("--limit", "--max_samples"), type=int, default=limit,
                    help="examples to use (embedded data: the same number from every task)")
-    p.add_argument(*_flags("--data_seed"), type=int, default=0,
+    p.add_argument(*flags("--data_seed"), type=int, default=0,
                    help="shuffles --data before --limit")
-    p.add_argument(*_flags("--max_length"), type=int, default=2048,
+    p.add_argument(*flags("--max_length"), type=int, default=2048,
                    help="tokens per example; longer ones are cut keeping the completion")
-    p.add_argument(*_flags("--chat_template"), action="store_true",
+    p.add_argument(*flags("--chat_template"), action="store_true",
                    help="wrap prompts in the tokenizer's chat template")
-    p.add_argument(*_flags("--bos"), default="auto", choices=BOS_CHOICES,
+    p.add_argument(*flags("--bos"), default="auto", choices=BOS_CHOICES,
                    help="prepend BOS: auto = no for the embedded task data (as it is "
                         "evaluated), yes otherwise")
 
 
 def add_objective_arguments(p: argparse.ArgumentParser | Any) -> None:
-    p.add_argument(*_flags("--mask_probs"), default="0.15,0.3,0.5,0.7,0.9",
+    p.add_argument(*flags("--mask_probs"), default="0.15,0.3,0.5,0.7,0.9",
                    help="mask probabilities of the loss's masking variants")
-    p.add_argument(*_flags("--mask_samples_per_prob"), type=int, default=2,
+    p.add_argument(*flags("--mask_samples_per_prob"), type=int, default=2,
                    help="masking variants per probability")
-    p.add_argument(*_flags("--loss_normalize"), default="mean_masked",
+    p.add_argument(*flags("--loss_normalize"), default="mean_masked",
                    choices=("mean_masked", "sum"), help="per-variant loss: mean or sum")
-    p.add_argument(*_flags("--mask_seed"), type=int, default=0, help="seeds the masking variants")
-    p.add_argument(*_flags("--internal_batch_size", "--batch_size"), type=int, default=None,
+    p.add_argument(*flags("--mask_seed"), type=int, default=0, help="seeds the masking variants")
+    p.add_argument(*flags("--internal_batch_size", "--batch_size"), type=int, default=None,
                    help="rows (pruned model x masking variant) per forward (default: about "
                         "16k tokens per forward, at most 256 rows)")
 
@@ -257,7 +257,8 @@ def check_out(out: str, files: list[str], overwrite: bool) -> Path:
     return folder
 
 
-def _layers_from_args(args: argparse.Namespace, n_layers: int) -> list[int] | None:
+def layers_from_args(args: argparse.Namespace, n_layers: int) -> list[int] | None:
+    """--layer_start/--layer_end as a layer list, or None when neither is given."""
     if args.layer_start is None and args.layer_end is None:
         return None
     from headig.gating import layer_range
@@ -265,6 +266,10 @@ def _layers_from_args(args: argparse.Namespace, n_layers: int) -> list[int] | No
     start = 0 if args.layer_start is None else args.layer_start
     end = -1 if args.layer_end is None else args.layer_end
     return layer_range(start, end, n_layers)
+
+
+_flags = flags  # earlier private names, kept for one release
+_layers_from_args = layers_from_args
 
 
 # ----------------------------------------------------------------------------- register
@@ -288,7 +293,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--scores", required=True,
                    help="importance file (.safetensors, a folder holding one, or an original "
                         ".pt with --original_sign)")
-    g.add_argument(*_flags("--original_sign"), choices=("loss", "helps"), default=None,
+    g.add_argument(*flags("--original_sign"), choices=("loss", "helps"), default=None,
                    help="for original .pt files: 'loss' = raw files (negative = important), "
                         "'helps' = already negated")
     add_model_arguments(g)
@@ -296,33 +301,33 @@ def register(subparsers: Any) -> None:
     add_data_arguments(g, limit=120)
     g = pp.add_argument_group("sweep")
     g.add_argument("--k", default=None, help="head counts to prune, e.g. 1,2,4")
-    g.add_argument(*_flags("--k_frac"), default=None,
+    g.add_argument(*flags("--k_frac"), default=None,
                    help="fractions of the prunable heads instead, e.g. 0.05,0.1,0.25")
     g.add_argument("--which", default="most,least,random",
                    help="arms: any of most, least, random")
-    g.add_argument(*_flags("--random_seeds"), type=int, default=3,
+    g.add_argument(*flags("--random_seeds"), type=int, default=3,
                    help="random draws per k (mean ± std are reported)")
     g.add_argument("--seed", type=int, default=1234, help="first random seed")
     g.add_argument("--by", choices=("signed", "abs"), default="signed",
                    help="rank heads by signed score or by |score|")
-    g.add_argument(*_flags("--layer_start"), type=int, default=None,
+    g.add_argument(*flags("--layer_start"), type=int, default=None,
                    help="first prunable layer (inclusive; default: the attributed layers)")
-    g.add_argument(*_flags("--layer_end"), type=int, default=None,
+    g.add_argument(*flags("--layer_end"), type=int, default=None,
                    help="last prunable layer (inclusive, -1 = last)")
     g.add_argument("--accuracy", choices=("auto", "yes", "no"), default="auto",
                    help="exact-match generation accuracy: auto = for the embedded task data")
     g.add_argument("--oracle", choices=("auto", "yes", "no"), default="auto",
                    help="enumerate every head subset (auto: when <= --oracle_max_heads)")
-    g.add_argument(*_flags("--oracle_examples"), type=int, default=48,
+    g.add_argument(*flags("--oracle_examples"), type=int, default=48,
                    help="examples for the oracle and fidelity (evenly spaced through the data)")
-    g.add_argument(*_flags("--oracle_max_heads"), type=int, default=16,
+    g.add_argument(*flags("--oracle_max_heads"), type=int, default=16,
                    help="largest number of prunable heads for the oracle (2^n subsets)")
     add_objective_arguments(g)
     g = pp.add_argument_group("output")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
-    g.add_argument(*_flags("--no_plot"), action="store_true", help="skip the PNG")
-    g.add_argument(*_flags("--no_progress"), action="store_true", help="no progress bars")
+    g.add_argument(*flags("--no_plot"), action="store_true", help="skip the PNG")
+    g.add_argument(*flags("--no_progress"), action="store_true", help="no progress bars")
     pp.set_defaults(func=run_prune)
 
     sp = sub.add_parser(
@@ -333,7 +338,7 @@ def register(subparsers: Any) -> None:
                     "total budget: held-out loss and exact-match generation accuracy.")
     g = sp.add_argument_group("scores and model")
     g.add_argument("--scores", default=None, help="importance file (needed for adaptive)")
-    g.add_argument(*_flags("--original_sign"), choices=("loss", "helps"), default=None,
+    g.add_argument(*flags("--original_sign"), choices=("loss", "helps"), default=None,
                    help="for original .pt files")
     add_model_arguments(g)
     g = sp.add_argument_group("data")
@@ -343,16 +348,16 @@ def register(subparsers: Any) -> None:
                    help="fractions of key blocks kept, comma-separated")
     g.add_argument("--modes", default="standard,uniform,adaptive",
                    help="any of standard (dense), uniform, adaptive")
-    g.add_argument(*_flags("--block_size"), type=int, default=None,
+    g.add_argument(*flags("--block_size"), type=int, default=None,
                    help="tokens per block (default: 128, or smaller for short data so that "
                         "sequences have at least 16 blocks)")
     g.add_argument("--skip", type=float, default=0.2,
                    help="fraction of denoising steps that stay dense")
-    g.add_argument(*_flags("--min_keep"), type=float, default=None,
+    g.add_argument(*flags("--min_keep"), type=float, default=None,
                    help="adaptive: smallest per-head keep fraction")
-    g.add_argument(*_flags("--max_keep"), type=float, default=1.0,
+    g.add_argument(*flags("--max_keep"), type=float, default=1.0,
                    help="adaptive: largest per-head keep fraction")
-    g.add_argument(*_flags("--kv_groups"), choices=("query", "kv"), default="query",
+    g.add_argument(*flags("--kv_groups"), choices=("query", "kv"), default="query",
                    help="GQA: a budget per query head or per KV group")
     g.add_argument("--kernel", default="auto", choices=("auto", "flex", "gather", "dense_mask"),
                    help="sparse kernel (auto: compiled flex_attention on GPUs, gather on CPUs)")
@@ -362,8 +367,8 @@ def register(subparsers: Any) -> None:
     g = sp.add_argument_group("output")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
-    g.add_argument(*_flags("--no_plot"), action="store_true", help="skip the PNG")
-    g.add_argument(*_flags("--no_progress"), action="store_true", help="no progress bars")
+    g.add_argument(*flags("--no_plot"), action="store_true", help="skip the PNG")
+    g.add_argument(*flags("--no_progress"), action="store_true", help="no progress bars")
     sp.set_defaults(func=run_sparse)
 
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
@@ -396,14 +401,15 @@ def run_prune(args: argparse.Namespace) -> int:
 
     import torch
 
-    from headig.validate import prune_sweep, resolve_ks
+    from headig.validation.prune import OracleSettings, PruneSelection, prune_sweep, resolve_ks
+    from headig.validation.settings import AccuracySettings, EvalSettings
 
     model, tokenizer, embedded = load_model_from_args(args)
     fam = model.family
     if (imp.n_layers, imp.n_heads) != (fam.n_layers, fam.n_heads):
         raise ValueError(f"{args.scores} scores a model with [{imp.n_layers} layers, "
                          f"{imp.n_heads} heads]; the model has [{fam.n_layers}, {fam.n_heads}]")
-    layers = _layers_from_args(args, fam.n_layers) or list(imp.layers)
+    layers = layers_from_args(args, fam.n_layers) or list(imp.layers)
     n = len(layers) * fam.n_heads
     resolve_ks(n, ks, k_fracs)  # flag errors before any model work
     oracle = {"auto": None, "yes": True, "no": False}[args.oracle]
@@ -412,14 +418,17 @@ def run_prune(args: argparse.Namespace) -> int:
     accuracy = want_accuracy(args.accuracy, labels)
     t0 = time.time()
     with torch.no_grad():
-        sweep = prune_sweep(model, encoded, imp, ks=ks, k_fracs=k_fracs, arms=arms,
-                            random_seeds=args.random_seeds, seed=args.seed, by=args.by,
-                            layers=layers, objective=objective, accuracy=accuracy,
-                            labels=labels or None, oracle=oracle,
-                            oracle_examples=args.oracle_examples,
-                            oracle_max_heads=args.oracle_max_heads,
-                            internal_batch_size=rows_per_forward(args, encoded),
-                            progress=not args.no_progress, on_stage=lambda m: say(f"... {m}"))
+        sweep = prune_sweep(
+            model, encoded, imp,
+            PruneSelection(ks=ks, k_fracs=k_fracs, arms=arms, random_seeds=args.random_seeds,
+                           seed=args.seed, by=args.by, layers=layers),
+            oracle=OracleSettings(enabled=oracle, examples=args.oracle_examples,
+                                  max_heads=args.oracle_max_heads),
+            accuracy=AccuracySettings(enabled=accuracy, labels=labels or None),
+            evaluation=EvalSettings(objective=objective,
+                                    internal_batch_size=rows_per_forward(args, encoded),
+                                    progress=not args.no_progress,
+                                    on_stage=lambda m: say(f"... {m}")))
     sweep.meta.update({"scores": str(args.scores), "data": desc, "seconds": time.time() - t0})
     files = sweep.save(out, plot=not args.no_plot)
     print(sweep.to_markdown())
@@ -454,7 +463,8 @@ def run_sparse(args: argparse.Namespace) -> int:
 
     import torch
 
-    from headig.validate import sparse_sweep
+    from headig.validation.settings import AccuracySettings, EvalSettings
+    from headig.validation.sparse import sparse_sweep
 
     model, tokenizer, embedded = load_model_from_args(args)
     fam = model.family
@@ -467,11 +477,14 @@ def run_sparse(args: argparse.Namespace) -> int:
              "max_keep": args.max_keep, "kv_groups": args.kv_groups, "kernel": args.kernel}
     t0 = time.time()
     with torch.no_grad():
-        sweep = sparse_sweep(model, encoded, imp, keeps=keeps, modes=modes, objective=objective,
-                             accuracy=want_accuracy(args.accuracy, labels),
-                             labels=labels or None, patch_kwargs=patch,
-                             internal_batch_size=rows_per_forward(args, encoded),
-                             progress=not args.no_progress, on_stage=lambda m: say(f"... {m}"))
+        sweep = sparse_sweep(
+            model, encoded, imp, keeps=keeps, modes=modes, patch_kwargs=patch,
+            accuracy=AccuracySettings(enabled=want_accuracy(args.accuracy, labels),
+                                      labels=labels or None),
+            evaluation=EvalSettings(objective=objective,
+                                    internal_batch_size=rows_per_forward(args, encoded),
+                                    progress=not args.no_progress,
+                                    on_stage=lambda m: say(f"... {m}")))
     sweep.meta.update({"scores": args.scores, "data": desc, "seconds": time.time() - t0})
     files = sweep.save(out, plot=not args.no_plot)
     print(sweep.to_markdown())
