@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import headig.estimators as est
+import headig.attribution.engine as est
 from headig.estimators import (
     exact_shapley,
     gradient_at_ones,
