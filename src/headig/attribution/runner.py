@@ -17,12 +17,13 @@ front end gets the same guarantees.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,6 +85,30 @@ def dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+@contextlib.contextmanager
+def process_group(device: str | torch.device, world: int) -> Iterator[None]:
+    """Join the torchrun / accelerate process group for ``world`` > 1 ranks if none is set up
+    yet (nccl on CUDA, gloo otherwise), and leave it on exit; a no-op in a single process."""
+    own = False
+    if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        own = True
+    try:
+        yield
+    finally:
+        if own:
+            torch.distributed.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def rank_checkpoint(path: str | os.PathLike, rank: int, world: int) -> Path:
@@ -305,5 +330,5 @@ class RunFolder:
 
 
 __all__ = ["CHECKPOINT_FILE", "LOG_FILE", "LOG_SCHEMA", "RESULT_FILE", "RunFolder",
-           "atomic_save", "data_fingerprint", "dist_rank_world", "load_checkpoint",
-           "rank_checkpoint", "run_attribution", "write_json"]
+           "atomic_save", "barrier", "data_fingerprint", "dist_rank_world", "load_checkpoint",
+           "process_group", "rank_checkpoint", "run_attribution", "write_json"]

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -361,11 +362,29 @@ def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- run
-def run(args: argparse.Namespace) -> int:
-    t_start = time.time()
+@dataclass
+class _Plan:
+    """Everything decided before the model is loaded."""
+
+    settings: dict[str, Any]
+    rank: int
+    world: int
+    model_dir: str
+    embedded: bool
+    data_source: str
+    arch: Any
+    layers: list[int]
+    device: str
+    encoded: list[Any]
+    report: Any
+    identity: dict[str, Any]
+    data_seconds: float
+
+
+def _plan(args: argparse.Namespace, say: Any) -> _Plan:
+    """Check every flag, the model config, the data and its encoding: all before the model."""
     settings = _settings(args)
     rank, world, local_rank = _dist_env()
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if rank == 0 else (lambda *a: None)
 
     model_dir, embedded = _resolve_model(args)
     data_source = _resolve_data(args, model_dir, embedded)
@@ -428,6 +447,21 @@ def run(args: argparse.Namespace) -> int:
         "data_fingerprint": hdata.fingerprint(examples)[:16],
         "layers": layers, **settings,
     }
+    return _Plan(settings=settings, rank=rank, world=world, model_dir=model_dir,
+                 embedded=embedded, data_source=data_source, arch=arch, layers=layers,
+                 device=device, encoded=encoded, report=report, identity=identity,
+                 data_seconds=data_seconds)
+
+
+def run(args: argparse.Namespace) -> int:
+    t_start = time.time()
+    rank = _dist_env()[0]
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if rank == 0 else (lambda *a: None)
+    plan = _plan(args, say)
+    settings, world, identity = plan.settings, plan.world, plan.identity
+    arch, layers, device, report = plan.arch, plan.layers, plan.device, plan.report
+    model_dir, data_source, encoded = plan.model_dir, plan.data_source, plan.encoded
+    n_attr = len(layers) * arch.n_heads
     folder = RunFolder(args.out, identity, rank=rank, world=world, normalize=_comparable)
     out = folder.out
     state = folder.prepare(args.overwrite)
@@ -442,7 +476,7 @@ def run(args: argparse.Namespace) -> int:
         "status": "running",
         "identity": identity,
         "flags": {k: v for k, v in vars(args).items() if k not in ("func",)},
-        "embedded_model": embedded,
+        "embedded_model": plan.embedded,
         "model_arch": {"family": arch.family, "n_layers": arch.n_layers,
                        "n_heads": arch.n_heads, "n_kv_heads": arch.n_kv_heads},
         "device": device, "world_size": world,
@@ -458,18 +492,10 @@ def run(args: argparse.Namespace) -> int:
         say(f"resuming from the checkpoint in {out}")
 
     # Model and (optionally) the process group.
-    import torch
-
+    from headig.attribution.runner import barrier, process_group
     from headig.models.loading import load_model
 
-    own_group = False
-    if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        if torch.device(device).type == "cuda":
-            torch.cuda.set_device(torch.device(device))
-        torch.distributed.init_process_group(backend)
-        own_group = True
-    try:
+    with process_group(device, world):
         t0 = time.time()
         model, _ = load_model(model_dir, dtype=None if args.dtype == "auto" else args.dtype,
                               device=device, tokenizer=False)
@@ -486,36 +512,22 @@ def run(args: argparse.Namespace) -> int:
         attr_seconds = time.time() - t0
 
         if rank == 0:
-            imp = attr.to_importance()
-            if args.no_per_example:
-                imp.per_example = None
-            imp.meta.update({"model": identity["model"],
-                             "data": {"source": data_source, "recipe": identity["recipe"],
-                                      "split": args.split, "n_examples": len(encoded),
-                                      "fingerprint": identity["data_fingerprint"]},
-                             "tool": "headig attribute"})
-            completeness = _completeness(attr, type(estimator).complete)
-            imp.meta["completeness"]["aggregate_relative_residual"] = \
-                completeness["aggregate_relative_residual"]
+            imp, completeness = _importance(attr, type(estimator).complete, args, plan)
             result = imp.save(folder.result)
             log.update({
                 "status": "complete",
                 "result": result.name,
                 "meta": attr.meta,
                 "completeness": completeness,
-                "timings": {"data_seconds": round(data_seconds, 3),
+                "timings": {"data_seconds": round(plan.data_seconds, 3),
                             "model_load_seconds": round(load_seconds, 3),
                             "attribution_seconds": round(attr_seconds, 3),
                             "total_seconds": round(time.time() - t_start, 3)},
                 "checkpoint": (CHECKPOINT_FILE if args.keep_checkpoint else None),
             })
             folder.write_log(log)
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        barrier()
         folder.cleanup(args.keep_checkpoint)
-    finally:
-        if own_group:
-            torch.distributed.destroy_process_group()
 
     if rank == 0:
         c = log["completeness"]
@@ -527,6 +539,24 @@ def run(args: argparse.Namespace) -> int:
         say("top heads (layer, head, score): " +
             ", ".join(f"L{layer}H{h} {s:+.3g}" for layer, h, s in top))
     return 0
+
+
+def _importance(attr: Any, complete: bool, args: argparse.Namespace,
+                plan: _Plan) -> tuple[Any, dict[str, Any]]:
+    """The score file's HeadImportance (with run provenance) and the completeness summary."""
+    identity = plan.identity
+    imp = attr.to_importance()
+    if args.no_per_example:
+        imp.per_example = None
+    imp.meta.update({"model": identity["model"],
+                     "data": {"source": plan.data_source, "recipe": identity["recipe"],
+                              "split": args.split, "n_examples": len(plan.encoded),
+                              "fingerprint": identity["data_fingerprint"]},
+                     "tool": "headig attribute"})
+    completeness = _completeness(attr, complete)
+    imp.meta["completeness"]["aggregate_relative_residual"] = \
+        completeness["aggregate_relative_residual"]
+    return imp, completeness
 
 
 def _estimator(model: Any, args: argparse.Namespace, settings: dict[str, Any],
