@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 
 import headig
-from headig import tasks
-from headig.embedded import embedded_examples, embedded_model_path, load_embedded
-from headig.train_tiny import TrainConfig, head_ablation
+from headig.toy import tasks
+from headig.toy.embedded import embedded_examples, embedded_model_path, load_embedded
+from headig.toy.train_tiny import TrainConfig, head_ablation
 
 # Thresholds below what the committed checkpoint measures (see TRAINING.md and the
 # comments), so a retrained asset must be about as good to pass.

@@ -50,21 +50,27 @@ def test_gate_zero_equals_zeroed_out_proj_columns(name, layer, head, loaded, gol
     assert (gated - ref).abs().max() > 1e-3  # the head did matter
 
 
+def _n_hooks(model) -> int:
+    """Gate hooks on the model, on either site (hook point or output projection)."""
+    return sum(len(layer.attn.hook_head_out._forward_hooks)
+               + len(layer.attn.o_proj._forward_pre_hooks) for layer in model.layers)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_hooks_removed_on_exception(name, loaded, golden):
     model, _ = loaded(name)
-    o_proj = model.layers[0].attn.o_proj
-    before = len(o_proj._forward_pre_hooks)
+    before = _n_hooks(model)
     with pytest.raises(RuntimeError, match="boom"):
         with HeadGate(model, torch.zeros(2, 4)):
-            assert len(o_proj._forward_pre_hooks) == before + 1
+            assert _n_hooks(model) == before + 2
+            assert len(model.layers[0].attn.hook_head_out._forward_hooks) == 1
             raise RuntimeError("boom")
-    assert len(o_proj._forward_pre_hooks) == before
+    assert _n_hooks(model) == before
     # and a failing forward inside the gate (bad batch size) also cleans up
     with pytest.raises(ValueError, match="batch size"):
         with HeadGate(model, torch.ones(5, 2, 4)), torch.no_grad():
             model(_ids(golden, name))
-    assert all(len(layer.attn.o_proj._forward_pre_hooks) == 0 for layer in model.layers)
+    assert _n_hooks(model) == 0
 
 
 @pytest.mark.parametrize("name", FAMILIES)

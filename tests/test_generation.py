@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from headig.generation import (
+from headig.diffusion.generation import (
     dream_transfer_count,
     generate,
     generate_dream_style,
@@ -16,7 +16,7 @@ from headig.generation import (
     predict_logits,
     truncate_at_stop,
 )
-from headig.schedule import current_state
+from headig.diffusion.schedule import current_state
 from tests.conftest import fixture_path
 
 GOLDEN_CASES = [

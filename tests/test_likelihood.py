@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headig.generation import predict_logits
-from headig.likelihood import (
+from headig.diffusion.generation import predict_logits
+from headig.diffusion.likelihood import (
     draw_mask_patterns,
     exact_loglikelihood,
     loglikelihood,

@@ -171,3 +171,51 @@ def test_gradient_checkpointing_same_gradients(loaded, golden):
     finally:
         model.gradient_checkpointing = False
     assert not emb.requires_grad
+
+
+def _fixture_copy(tmp_path, name="tiny-llada"):
+    dst = tmp_path / name
+    shutil.copytree(FIXTURES / name, dst)
+    return dst
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"model_type": "llada", "n_heads": 4,', r"config\.json is not valid JSON \(.*line 1"),
+    ("[1, 2, 3]", r"config\.json holds a JSON list; expected an object"),
+    ('"llada"', r"config\.json holds a JSON str; expected an object"),
+])
+def test_malformed_config_json_names_the_file(tmp_path, text, match):
+    folder = _fixture_copy(tmp_path)
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        headig.load_model(folder, tokenizer=False)
+
+
+@pytest.mark.parametrize("name, key", [("tiny-llada", "n_heads"), ("tiny-llada", "d_model"),
+                                       ("tiny-dream", "num_attention_heads"),
+                                       ("tiny-dream", "model_type")])
+def test_missing_config_key_names_the_file_and_key(tmp_path, name, key):
+    folder = _fixture_copy(tmp_path, name)
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg[key]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"{folder / 'config.json'}.*'{key}'"):
+        headig.load_model(folder, tokenizer=False)
+
+
+@pytest.mark.parametrize("value", ["four", 0, -2, 2.5, None, [4]])
+def test_bad_config_value_names_the_key(tmp_path, value):
+    folder = _fixture_copy(tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["n_heads"] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config\.json: key 'n_heads' = .*positive integer"):
+        headig.load_model(folder, tokenizer=False)
+
+
+def test_official_style_config_errors_are_value_errors():
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(model_type="llada", d_model=8))
+    with pytest.raises(ValueError, match=r"config of SimpleNamespace lacks the key 'n_heads'"):
+        family_of(model)

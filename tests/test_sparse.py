@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from headig.schedule import denoising
 from headig.sparse import (
     BlockPattern,
+    BudgetPolicy,
+    DenseBudget,
+    ImportanceBudget,
     SparseAttentionPatch,
+    UniformBudget,
+    budget_names,
+    budget_policy,
     build_pattern,
     dense_mask_sparse,
     gather_sparse,
@@ -22,7 +28,11 @@ from headig.sparse import (
     select_blocks,
     split_mask,
 )
-from headig.sparse.budgets import uniform_count
+from headig.sparse.budgets import register_budget, uniform_count
+
+# Most tests below use the older mode=/keep=/importance= call style on purpose: it must
+# keep giving identical results. Its DeprecationWarning is checked once, explicitly.
+pytestmark = pytest.mark.filterwarnings("ignore:SparseAttentionPatch\\(model, mode=:DeprecationWarning")
 
 # ----------------------------------------------------------------------------- budgets
 
@@ -603,3 +613,143 @@ def test_dream_generation_integration(loaded, golden):
             out = generation.generate(model, prompt, **kw)
     assert torch.equal(out, g["generate.entropy"])
     assert patch.stats["builds"] == 2 and patch.stats["dense_schedule"] > 0
+
+
+# ----------------------------------------------------------------------------- policy API
+
+
+def test_budget_policy_call_style_equals_legacy(loaded):
+    """New-style policies give bit-identical budgets, patterns and logits to mode=..."""
+    model, _ = loaded("tiny-dream")
+    ids = _ids(2, 61, 11)
+    imp = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
+    kw = dict(block_size=4, min_seq_len=0, kernel="gather", kv_groups="kv")
+    pairs = [
+        (dict(mode="uniform", keep=0.3), UniformBudget(0.3)),
+        (dict(mode="adaptive", keep=0.3, importance=imp, min_keep=0.1, max_keep=0.8,
+              importance_increases_keep=False, strength=0.5),
+         ImportanceBudget(imp, keep=0.3, min_keep=0.1, max_keep=0.8, increases_keep=False,
+                          strength=0.5)),
+    ]
+    for legacy_kw, policy in pairs:
+        with torch.no_grad():
+            with pytest.warns(DeprecationWarning, match="budget policy"):
+                old = SparseAttentionPatch(model, **legacy_kw, **kw)
+            with old:
+                a = model(ids).logits
+            new = SparseAttentionPatch(model, policy, **kw)
+            with new:
+                b = model(ids).logits
+        assert old.mode == new.mode == policy.name and old.keep == new.keep == 0.3
+        assert torch.equal(a, b)
+        assert torch.equal(old.budgets(16), new.budgets(16))
+        assert all(torch.equal(old.last_patterns[i].kept, new.last_patterns[i].kept)
+                   for i in range(2))
+
+
+def test_dense_budget_and_standard_alias(loaded):
+    model, _ = loaded("tiny-llada")
+    before = [blk.attn.attn_fn for blk in model.layers]
+    with pytest.warns(DeprecationWarning):
+        legacy = SparseAttentionPatch(model, "standard")
+    for patch in (legacy, SparseAttentionPatch(model, "dense"),
+                  SparseAttentionPatch(model, DenseBudget())):
+        assert patch.mode == "dense" and patch.keep is None
+        with patch:
+            assert patch.active
+            assert all(blk.attn.attn_fn is f for blk, f in zip(model.layers, before))
+        assert torch.equal(patch.budgets(7), torch.full((2, 4), 7))
+    assert budget_policy("standard") == DenseBudget()
+
+
+@pytest.mark.parametrize("mode", ["standard", "dense"])
+def test_dense_with_importance_is_an_error(loaded, mode):
+    model, _ = loaded("tiny-llada")
+    with pytest.raises(ValueError, match="dense attention and ignores importance"):
+        SparseAttentionPatch(model, mode, importance=torch.ones(2, 4))
+
+
+def test_registry_and_budget_policy_errors():
+    assert {"dense", "uniform", "adaptive"} <= set(budget_names())
+    assert budget_policy("uniform", keep=0.25) == UniformBudget(0.25)
+    assert budget_policy("importance", importance=torch.ones(2, 4)).name == "adaptive"
+    with pytest.raises(ValueError, match=r"\['min_keep'\] do not apply to the 'uniform' budget"):
+        budget_policy("uniform", keep=0.3, min_keep=0.1)
+    with pytest.raises(ValueError, match="expected one of"):
+        budget_policy("sensitivity")
+    with pytest.raises(ValueError, match="keep"):
+        UniformBudget(1.5)
+    with pytest.raises(ValueError, match="min_keep"):
+        ImportanceBudget(torch.ones(2, 4), keep=0.2, min_keep=0.5)
+    with pytest.raises(ValueError, match="needs importance"):
+        ImportanceBudget(None)
+
+
+def test_policy_and_legacy_options_do_not_mix(loaded):
+    model, _ = loaded("tiny-llada")
+    with pytest.raises(TypeError, match=r"\['keep'\] belong to the budget policy"):
+        SparseAttentionPatch(model, UniformBudget(0.3), keep=0.5)
+    with pytest.raises(TypeError, match="BudgetPolicy"):
+        SparseAttentionPatch(model, 0.3)
+    with pytest.raises(ValueError, match=r"\[2, 4\]"):  # checked before any forward
+        SparseAttentionPatch(model, ImportanceBudget(torch.ones(3, 4)))
+
+
+def test_a_new_policy_is_one_small_class(loaded):
+    """A future policy (here: the first heads keep more) plugs in with exact totals."""
+    from dataclasses import dataclass
+
+    @register_budget
+    @dataclass(frozen=True)
+    class FrontLoaded(BudgetPolicy):
+        keep: float = 0.3
+        name = "front-loaded-test"
+
+        def counts(self, n_blocks, layers, n_layers, n_heads, *, group_size=1,
+                   kv_groups="query"):
+            weights = torch.linspace(2.0, 1.0, n_heads).expand(len(layers), n_heads)
+            u = uniform_count(n_blocks, self.keep)
+            out = torch.full((n_layers, n_heads), n_blocks, dtype=torch.long)
+            from headig.sparse import allocate
+            out[layers] = allocate(weights, len(layers) * n_heads * u, 1, n_blocks)
+            return out
+
+    model, _ = loaded("tiny-llada")
+    policy = budget_policy("front-loaded-test", keep=0.3)
+    patch = SparseAttentionPatch(model, policy, block_size=4, min_seq_len=0, kernel="gather")
+    b = patch.budgets(20)
+    assert int(b.sum()) == 2 * 4 * 6 and int(b[0, 0]) > int(b[0, 3])
+    with torch.no_grad(), patch:
+        out = model(_ids(1, 80, 12)).logits
+    assert torch.isfinite(out).all()
+    assert torch.equal(patch.last_patterns[0].kept.sum(-1)[0, :, 0].long(), b[0])
+
+
+def test_partial_install_restores_attention(loaded, monkeypatch):
+    model, _ = loaded("tiny-llada")
+    before = [blk.attn.attn_fn for blk in model.layers]
+    patch = SparseAttentionPatch(model, UniformBudget(0.3), block_size=4)
+    real = patch._make_fn
+
+    def flaky(layer, prev):
+        if layer == 1:
+            raise RuntimeError("cannot patch layer 1")
+        return real(layer, prev)
+
+    monkeypatch.setattr(patch, "_make_fn", flaky)
+    with pytest.raises(RuntimeError, match="layer 1"):
+        patch.apply()
+    assert not patch.active
+    assert all(blk.attn.attn_fn is f for blk, f in zip(model.layers, before))
+
+
+@pytest.mark.parametrize("keep", [0.07, 0.3, 0.55, 1.0])
+def test_policy_totals_are_integer_exact(loaded, keep):
+    model, _ = loaded("tiny-dream")
+    imp = torch.randn(2, 4, generator=torch.Generator().manual_seed(5))
+    for n_blocks in (1, 3, 17, 64):
+        u = uniform_count(n_blocks, keep)
+        for policy in (UniformBudget(keep), ImportanceBudget(imp, keep=keep)):
+            for kv in ("query", "kv"):
+                b = SparseAttentionPatch(model, policy, kv_groups=kv).budgets(n_blocks)
+                assert b.dtype == torch.long and int(b.sum()) == 2 * 4 * u

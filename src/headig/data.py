@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from headig.runtime import fingerprint as _fingerprint
+
 __all__ = [
     "EncodedExample", "EncodingReport", "Example", "ExampleDropped", "available_recipes",
     "encode_example", "encode_examples", "fingerprint", "load_examples", "load_records",
@@ -69,13 +71,8 @@ def fingerprint(examples: Iterable[Example]) -> str:
 
     Record it in importance metadata so that results can be matched to their data.
     """
-    h = hashlib.sha256(b"headig-examples-v1\n")
-    for ex in examples:
-        for text in (ex.prompt, ex.completion):
-            b = text.encode("utf-8")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
-    return h.hexdigest()
+    return _fingerprint((text for ex in examples for text in (ex.prompt, ex.completion)),
+                        header=b"headig-examples-v1\n", length_prefix=True)
 
 
 # ---------------------------------------------------------------------- recipes

@@ -19,7 +19,6 @@ import operator
 import os
 import pickle
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
+
+from headig.runtime import atomic_write
 
 __all__ = [
     "DEFAULT_FILENAME", "FORMAT_NAME", "SCHEMA_VERSION", "SIGN_CONVENTION", "HeadImportance",
@@ -277,13 +278,13 @@ class HeadImportance:
             tensors["stderr"] = self.stderr
         blob = st_save({k: v.contiguous() for k, v in tensors.items()},
                        metadata={"format": "pt", _HEADER_KEY: json.dumps(header, allow_nan=False)})
-        _atomic_write(target, blob)
+        atomic_write(target, blob)
         if sidecar:
             summary = dict(header)
             top = self.top_k(min(10, len(self.entries())))
             summary["top_heads"] = [{"layer": layer, "head": h, "score": s} for layer, h, s in top]
             summary["note"] = ("human-readable copy; the .safetensors header is authoritative")
-            _atomic_write(target.with_suffix(".json"),
+            atomic_write(target.with_suffix(".json"),
                           (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
         return target
 
@@ -346,20 +347,6 @@ def _as_int(v: Any) -> int | None:
         return operator.index(v)
     except TypeError:
         return None
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _resolve_load_path(p: Path) -> Path:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from headig.models.family import ArchConfig, FamilySpec, register_family
+from headig.models.family import ArchConfig, FamilySpec, config_int, register_family
 
 _LAYER_NAMES = {
     "input_layernorm": "attn_norm",
@@ -30,16 +30,16 @@ def parse_config(cfg: Mapping[str, Any]) -> ArchConfig:
     if cfg.get("rope_scaling") not in (None, {}) and (cfg["rope_scaling"] or {}).get(
             "rope_type", cfg["rope_scaling"].get("type", "default")) != "default":
         raise ValueError(f"Dream config has rope_scaling={cfg['rope_scaling']!r}; only plain RoPE is supported")
-    hidden, n_heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    hidden, n_heads = config_int(cfg, "hidden_size"), config_int(cfg, "num_attention_heads")
     return ArchConfig(
         family="dream",
-        n_layers=int(cfg["num_hidden_layers"]),
+        n_layers=config_int(cfg, "num_hidden_layers"),
         d_model=hidden,
         n_heads=n_heads,
         n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
         head_dim=int(cfg.get("head_dim") or hidden // n_heads),
-        mlp_hidden=int(cfg["intermediate_size"]),
-        vocab_size=int(cfg["vocab_size"]),
+        mlp_hidden=config_int(cfg, "intermediate_size"),
+        vocab_size=config_int(cfg, "vocab_size"),
         rope_theta=float(cfg.get("rope_theta", 10000.0)),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         qkv_bias=True,

@@ -73,6 +73,9 @@ class FamilySpec:
 
 _REGISTRY: dict[str, FamilySpec] = {}
 
+HOOK_HEAD_OUT = "hook_head_out"
+HOOK_POINTS = (HOOK_HEAD_OUT,)  # named hook points of every native attention layer
+
 
 def register_family(spec: FamilySpec) -> FamilySpec:
     """Make a family loadable by :func:`headig.load_model` and known to :func:`family_of`."""
@@ -93,6 +96,50 @@ def spec_for_model_type(model_type: str) -> FamilySpec:
             f"{supported_model_types()} (LLaDA and Dream checkpoints)"
         )
     return spec
+
+
+def config_int(cfg: Mapping[str, Any], key: str) -> int:
+    """A required positive integer config value; a ValueError naming the key otherwise.
+
+    A missing key raises KeyError(key), which :func:`parse_arch_config` turns into a
+    ValueError naming the file and the key.
+    """
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"key {key!r} = {value!r}; expected a positive integer")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"key {key!r} = {value!r}; expected a positive integer") from None
+    if number < 1 or number != float(value):
+        raise ValueError(f"key {key!r} = {value!r}; expected a positive integer")
+    return number
+
+
+def parse_arch_config(cfg: Any, source: str = "config.json") -> tuple[FamilySpec, ArchConfig]:
+    """(family spec, architecture) of a ``config.json`` object, read by its ``model_type``.
+
+    Every malformed config (not an object, no or unknown ``model_type``, a missing or bad
+    key) raises ValueError naming ``source`` and the key, before any weight is read.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"{source} holds a JSON {type(cfg).__name__}; expected an object of "
+                         'config keys such as {"model_type": "llada", "n_heads": 32, ...}')
+    if "model_type" not in cfg:
+        raise ValueError(f"{source} has no 'model_type' key; expected one of "
+                         f"{supported_model_types()}")
+    try:
+        spec = spec_for_model_type(cfg["model_type"])
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    try:
+        arch = spec.parse_config(cfg)
+    except KeyError as err:
+        raise ValueError(f"{source} lacks the key {err.args[0]!r}, which {spec.name} configs "
+                         "need") from None
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as err:
+        raise ValueError(f"{source}: {err}") from None
+    return spec, arch
 
 
 def _get_path(root: Any, path: str) -> Any:
@@ -158,9 +205,25 @@ class Family:
             return layer_module.attn.o_proj
         return _get_path(layer_module, self.spec.official_out_proj)
 
-    def hook_name(self, layer: int) -> str:
-        """Stable, family-independent name of the gated place in ``layer``."""
-        return f"blocks.{layer}.attn.hook_head_out"
+    def hook_name(self, layer: int, point: str = HOOK_HEAD_OUT) -> str:
+        """Module path of a named hook point of ``layer`` in a native model.
+
+        The one source of hook point names; ``hook_head_out`` carries the per-head
+        attention outputs [B, T, H, D] (query heads, before the output projection).
+        """
+        if point not in HOOK_POINTS:
+            raise ValueError(f"unknown hook point {point!r}; expected one of {list(HOOK_POINTS)}")
+        if not 0 <= int(layer) < self.n_layers:
+            raise ValueError(f"layer {layer} out of range for a model with {self.n_layers} layers")
+        return f"layers.{int(layer)}.attn.{point}"
+
+    def hook_point(self, model: nn.Module, layer: int, point: str = HOOK_HEAD_OUT) -> nn.Module:
+        """The named hook point module of ``layer`` (native models only)."""
+        if not self.native:
+            raise TypeError(f"{type(model).__name__} is an official remote-code model without "
+                            "named hook points; hook the output projection "
+                            "(Family.out_proj) or load it with headig.load_model")
+        return model.get_submodule(self.hook_name(layer, point))
 
 
 def family_of(model: nn.Module) -> Family:
@@ -175,8 +238,8 @@ def family_of(model: nn.Module) -> Family:
             "model from headig.load_model or an official LLaDA/Dream model"
         )
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
-    spec = spec_for_model_type(cfg.get("model_type", ""))
-    return Family(spec=spec, arch=spec.parse_config(cfg), native=False)
+    spec, arch = parse_arch_config(cfg, f"the config of {type(model).__name__}")
+    return Family(spec=spec, arch=arch, native=False)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

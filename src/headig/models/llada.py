@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from headig.models.family import ArchConfig, FamilySpec, register_family
+from headig.models.family import ArchConfig, FamilySpec, config_int, register_family
 
 _BLOCK_NAMES = {
     "attn_norm": "attn_norm",
@@ -39,7 +39,7 @@ def parse_config(cfg: Mapping[str, Any]) -> ArchConfig:
                           ("include_bias", False), ("attention_layer_norm", False),
                           ("scale_logits", False)):
         _require(cfg, key, expected)
-    d_model, n_heads = int(cfg["d_model"]), int(cfg["n_heads"])
+    d_model, n_heads = config_int(cfg, "d_model"), config_int(cfg, "n_heads")
     n_kv = cfg.get("n_kv_heads") or n_heads
     if cfg.get("multi_query_attention"):
         n_kv = 1
@@ -47,7 +47,7 @@ def parse_config(cfg: Mapping[str, Any]) -> ArchConfig:
     vocab = int(cfg.get("embedding_size") or cfg["vocab_size"])
     return ArchConfig(
         family="llada",
-        n_layers=int(cfg["n_layers"]),
+        n_layers=config_int(cfg, "n_layers"),
         d_model=d_model,
         n_heads=n_heads,
         n_kv_heads=int(n_kv),

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from headig.models.family import Family, resolve_dtype, spec_for_model_type
+from headig.models.family import Family, parse_arch_config, resolve_dtype
 from headig.models.modeling import DiffusionLM
 
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
@@ -36,10 +36,22 @@ def _resolve_dir(path: str | os.PathLike) -> Path:
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The folder's ``config.json`` as a dict; ValueError naming the file if it is not one."""
     cfg_file = Path(path) / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"no config.json in {path}; expected an official checkpoint folder")
-    return json.loads(cfg_file.read_text())
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_file} is not valid JSON ({err.msg} at line {err.lineno}, "
+                         f"column {err.colno}); expected the checkpoint's config object") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{cfg_file} is not UTF-8 text ({err.reason}); expected the "
+                         "checkpoint's JSON config object") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_file} holds a JSON {type(cfg).__name__}; expected an object "
+                         'of config keys such as {"model_type": "llada", "n_heads": 32, ...}')
+    return cfg
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -74,8 +86,7 @@ def load_native_model(path: str | os.PathLike, dtype: str | torch.dtype | None =
     """Build the native network for a checkpoint folder and load its official weights."""
     folder = _resolve_dir(path)
     cfg = read_config(folder)
-    spec = spec_for_model_type(cfg.get("model_type", ""))
-    arch = spec.parse_config(cfg)
+    spec, arch = parse_arch_config(cfg, str(folder / "config.json"))
     torch_dtype = resolve_dtype(dtype)
     device = torch.device(device) if device is not None else torch.device("cpu")
     with torch.device("meta"):

@@ -6,12 +6,19 @@ the heads: a monotone map turns scores into weights, the weights are scaled (and
 to ``[min_keep, max_keep]``) until they sum to the total, and largest-remainder rounding
 makes the integer counts add up exactly. So adaptive and uniform runs always spend the same
 number of key blocks, which makes their accuracies comparable.
+
+A budget *policy* (:class:`BudgetPolicy`) packages one such rule with its options:
+:class:`DenseBudget`, :class:`UniformBudget` and :class:`ImportanceBudget` (the original
+importance-adaptive method). A new rule is one small registered class; see
+:func:`register_budget` and :func:`budget_policy`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -216,3 +223,207 @@ def head_budgets(scores: Tensor | None, n_blocks: int, keep: float, *,
     if kv_groups == "kv" and g > 1:
         counts = counts.repeat_interleave(g, dim=1)
     return counts
+
+
+# ---------------------------------------------------------------------- budget policies
+def importance_scores(importance: Any, n_layers: int, n_heads: int) -> tuple[Tensor, list[int]]:
+    """(scores float64 [L, H] on the CPU, attributed layers) from a HeadImportance or a tensor.
+
+    Only the attributed layers must be finite; other rows are never read.
+    """
+    if hasattr(importance, "scores") and hasattr(importance, "layers"):
+        scores, layers = importance.scores, importance.layers
+    else:
+        scores, layers = importance, None
+    if not isinstance(scores, Tensor):
+        try:
+            scores = torch.as_tensor(scores)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError("importance must be a HeadImportance or a [n_layers, n_heads] "
+                            f"tensor; got {type(importance).__name__}") from err
+    if scores.dim() != 2 or tuple(scores.shape) != (n_layers, n_heads):
+        raise ValueError(f"importance scores have shape {tuple(scores.shape)}; expected "
+                         f"[n_layers, n_heads] = [{n_layers}, {n_heads}] for this model")
+    if not scores.is_floating_point():
+        scores = scores.to(torch.float64)
+    layers = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
+    if any(not 0 <= i < n_layers for i in layers):
+        raise ValueError(f"importance layers {layers} out of range for {n_layers} layers")
+    if not bool(torch.isfinite(scores[layers]).all()):
+        raise ValueError("importance scores contain NaN or inf in the attributed layers")
+    return scores.detach().to("cpu", torch.float64), layers
+
+
+class BudgetPolicy:
+    """How many key blocks each head keeps: the rule behind a sparse-attention patch.
+
+    A policy is a small frozen dataclass of options with a registered ``name``. The patch
+    calls :meth:`bind` once (checks against the model, before any forward) and then
+    :meth:`counts` for every sequence length it meets (it caches the result per length).
+    Subclasses override :meth:`counts` (and :meth:`bind` to read per-model data).
+    """
+
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: False for a policy that keeps every block, so the patch need not install anything
+    sparse: ClassVar[bool] = True
+    keep: float | None
+
+    def bind(self, n_layers: int, n_heads: int, layers: list[int]) -> None:
+        """Check the policy against a model with ``n_layers x n_heads`` patched at ``layers``."""
+
+    def counts(self, n_blocks: int, layers: list[int], n_layers: int, n_heads: int, *,
+               group_size: int = 1, kv_groups: str = "query") -> Tensor:
+        """Kept key blocks per query block, LongTensor [n_layers, n_heads].
+
+        Rows outside ``layers`` must read ``n_blocks`` (dense).
+        """
+        raise NotImplementedError
+
+
+_BUDGETS: dict[str, type[BudgetPolicy]] = {}
+P = TypeVar("P", bound=type[BudgetPolicy])
+
+
+def register_budget(cls: P) -> P:
+    """Class decorator: make a policy constructible by name (:func:`budget_policy`)."""
+    for key in (cls.name, *cls.aliases):
+        if not key:
+            raise ValueError(f"{cls.__name__} needs a non-empty name")
+        _BUDGETS[key] = cls
+    return cls
+
+
+def budget_names() -> list[str]:
+    """Registered policy names (canonical names only, no aliases)."""
+    return sorted({cls.name for cls in _BUDGETS.values()})
+
+
+def budget_policy(name: str, **options: Any) -> BudgetPolicy:
+    """Build a registered policy from its name and options (for the CLI and lm-eval args).
+
+    Raises ValueError naming the policy and the options it accepts when one does not apply.
+    """
+    cls = _BUDGETS.get(name)
+    if cls is None:
+        raise ValueError(f"budget policy {name!r}; expected one of {budget_names()} "
+                         f"(aliases: {sorted(set(_BUDGETS) - set(budget_names()))})")
+    accepted = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{unknown} do not apply to the {cls.name!r} budget; it accepts "
+                         f"{accepted or 'no options'}")
+    return cls(**options)
+
+
+def _check_keep(keep: float, min_keep: float | None = None, max_keep: float = 1.0) -> float:
+    count_limits(1000, keep, min_keep, max_keep)  # validates the fractions and their order
+    return float(keep)
+
+
+@register_budget
+@dataclass(frozen=True)
+class DenseBudget(BudgetPolicy):
+    """Every head keeps every key block: attention stays dense and nothing is installed."""
+
+    name: ClassVar[str] = "dense"
+    aliases: ClassVar[tuple[str, ...]] = ("standard",)
+    sparse: ClassVar[bool] = False
+
+    @property
+    def keep(self) -> None:  # type: ignore[override]
+        return None
+
+    def counts(self, n_blocks: int, layers: list[int], n_layers: int, n_heads: int, *,
+               group_size: int = 1, kv_groups: str = "query") -> Tensor:
+        return torch.full((n_layers, n_heads), n_blocks, dtype=torch.long)
+
+
+@register_budget
+@dataclass(frozen=True)
+class UniformBudget(BudgetPolicy):
+    """Every patched head keeps ``ceil(keep * n_blocks)`` key blocks.
+
+    Args:
+        keep: fraction of key blocks kept per query block, in (0, 1].
+    """
+
+    keep: float = 0.3
+    name: ClassVar[str] = "uniform"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep", _check_keep(self.keep))
+
+    def counts(self, n_blocks: int, layers: list[int], n_layers: int, n_heads: int, *,
+               group_size: int = 1, kv_groups: str = "query") -> Tensor:
+        out = torch.full((n_layers, n_heads), n_blocks, dtype=torch.long)
+        out[layers] = head_budgets(None, n_blocks, self.keep, n_layers=len(layers),
+                                   n_heads=n_heads)
+        return out
+
+
+@register_budget
+@dataclass(frozen=True, eq=False)
+class ImportanceBudget(BudgetPolicy):
+    """Importance-adaptive budgets with the uniform total (the original method).
+
+    Heads of the attributed layers share ``n_heads * ceil(keep * n_blocks)`` blocks per
+    layer in proportion to a monotone map of their scores (:func:`head_budgets`); patched
+    layers that the importance does not cover get the uniform budget.
+
+    Args:
+        importance: HeadImportance or [n_layers, n_heads] scores (positive = helps).
+        keep: uniform fraction of key blocks, in (0, 1]; fixes the total.
+        min_keep, max_keep: per-head fraction clamps (min_keep None = at least one block).
+        increases_keep: False gives *fewer* blocks to important heads (a control).
+        clip, strength: the score -> weight map, see :func:`importance_weights`.
+    """
+
+    importance: Any = field(repr=False)
+    keep: float = 0.3
+    min_keep: float | None = None
+    max_keep: float = 1.0
+    increases_keep: bool = True
+    clip: tuple[float, float] = (5.0, 95.0)
+    strength: float = 2.0 / 3.0
+    name: ClassVar[str] = "adaptive"
+    aliases: ClassVar[tuple[str, ...]] = ("importance",)
+
+    def __post_init__(self) -> None:
+        if self.importance is None:
+            raise ValueError("the adaptive budget needs importance (a HeadImportance or "
+                             "[n_layers, n_heads] scores)")
+        object.__setattr__(self, "keep", _check_keep(self.keep, self.min_keep, self.max_keep))
+        object.__setattr__(self, "max_keep", float(self.max_keep))
+        object.__setattr__(self, "increases_keep", bool(self.increases_keep))
+        object.__setattr__(self, "clip", tuple(float(c) for c in self.clip))
+        object.__setattr__(self, "strength", float(self.strength))
+        object.__setattr__(self, "_bound", {})
+
+    def _rows(self, n_layers: int, n_heads: int, layers: list[int]) -> tuple[Tensor, list[int]]:
+        key = (n_layers, n_heads, tuple(layers))
+        bound: dict[tuple[Any, ...], tuple[Tensor, list[int]]] = self._bound  # type: ignore[attr-defined]
+        if key not in bound:
+            scores, attributed = importance_scores(self.importance, n_layers, n_heads)
+            rows = [i for i in layers if i in set(attributed)]
+            if not rows:
+                raise ValueError(f"none of the patched layers {layers} were attributed in "
+                                 f"the importance (attributed: {attributed})")
+            bound[key] = (scores, rows)
+        return bound[key]
+
+    def bind(self, n_layers: int, n_heads: int, layers: list[int]) -> None:
+        self._rows(n_layers, n_heads, layers)
+
+    def counts(self, n_blocks: int, layers: list[int], n_layers: int, n_heads: int, *,
+               group_size: int = 1, kv_groups: str = "query") -> Tensor:
+        scores, rows = self._rows(n_layers, n_heads, layers)
+        kw = dict(min_keep=self.min_keep, max_keep=self.max_keep,
+                  increases_keep=self.increases_keep, kv_groups=kv_groups,
+                  group_size=group_size, clip=self.clip, strength=self.strength)
+        out = torch.full((n_layers, n_heads), n_blocks, dtype=torch.long)
+        out[layers] = head_budgets(None, n_blocks, self.keep, n_layers=len(layers),
+                                   n_heads=n_heads, **kw)
+        out[rows] = head_budgets(scores[rows], n_blocks, self.keep, **kw)
+        return out
+

@@ -1,8 +1,10 @@
-"""SparseAttentionPatch: uniform or importance-adaptive block-sparse attention on a model.
+"""SparseAttentionPatch: block-sparse attention on a model, budgeted by a policy object.
 
-The patch replaces each chosen layer's attention function (``attn.attn_fn``) and restores
-the previous one exactly on :meth:`SparseAttentionPatch.remove` (or on leaving the
-``with`` block, also after an exception).
+The patch is an :class:`~headig.interventions.Intervention`: it replaces each chosen
+layer's attention function (``attn.attn_fn``) and restores the previous one exactly on
+:meth:`~headig.interventions.Intervention.remove` (or on leaving the ``with`` block, also
+after an exception or a failure half-way through installing). How many key blocks each
+head keeps is the budget policy's business (:mod:`headig.sparse.budgets`).
 
 Schedule (steps are the 0-based ``state.step`` of :mod:`headig.schedule`):
 
@@ -20,19 +22,26 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from headig.interventions.base import Intervention
+from headig.interventions.layers import LayerSpec, normalize_layers
 from headig.schedule import current_state
 from headig.sparse.budgets import (
     KV_GROUPS,
+    BudgetPolicy,
+    DenseBudget,
+    ImportanceBudget,
+    UniformBudget,
     check_fraction,
     count_limits,
-    head_budgets,
     n_blocks_for,
 )
 from headig.sparse.kernels import KERNELS, flex_available, mark_flex_broken, run_kernel
@@ -40,7 +49,7 @@ from headig.sparse.patterns import ESTIMATES, BlockPattern, build_pattern
 
 log = logging.getLogger("headig.sparse")
 
-MODES = ("standard", "uniform", "adaptive")
+MODES = ("dense", "uniform", "adaptive", "standard")  # "standard": older name of "dense"
 DEFAULT_BLOCK_SIZE = 128  # flex_attention's tile on CUDA and CPU
 # Below these lengths the pattern choice and kernel launch cost more than the skipped blocks
 # save (measured in docs/sparse-attention.md), so attention stays dense. A forward that
@@ -76,54 +85,57 @@ def split_mask(mask: Tensor | None, batch: int, seq_len: int) -> tuple[Tensor | 
     return key_valid, None
 
 
-def _importance_scores(importance: Any, n_layers: int, n_heads: int) -> tuple[Tensor, list[int]]:
-    """(scores float64 [L, H], attributed layers) from a HeadImportance or a tensor."""
-    if hasattr(importance, "scores") and hasattr(importance, "layers"):
-        scores, layers = importance.scores, importance.layers
-    else:
-        scores, layers = importance, None
-    if not isinstance(scores, Tensor):
-        try:
-            scores = torch.as_tensor(scores)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError("importance must be a HeadImportance or a [n_layers, n_heads] "
-                            f"tensor; got {type(importance).__name__}") from err
-    if scores.dim() != 2 or tuple(scores.shape) != (n_layers, n_heads):
-        raise ValueError(f"importance scores have shape {tuple(scores.shape)}; expected "
-                         f"[n_layers, n_heads] = [{n_layers}, {n_heads}] for this model")
-    if not scores.is_floating_point():
-        scores = scores.to(torch.float64)
-    layers = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
-    if any(not 0 <= i < n_layers for i in layers):
-        raise ValueError(f"importance layers {layers} out of range for {n_layers} layers")
-    if not bool(torch.isfinite(scores[layers]).all()):
-        raise ValueError("importance scores contain NaN or inf in the attributed layers")
-    return scores.detach().to("cpu", torch.float64), layers
+_LEGACY_BUDGET_OPTIONS = ("min_keep", "max_keep", "importance_increases_keep", "clip",
+                          "strength")
 
 
-class SparseAttentionPatch:
-    """Block-sparse attention with uniform or importance-adaptive per-head budgets.
+def _legacy_budget(mode: str, keep: float | None, importance: Any,
+                   options: dict[str, Any]) -> BudgetPolicy:
+    """The budget policy the older ``mode=...`` call style describes."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; expected one of {list(MODES)} "
+                         "('standard' is the older name of 'dense')")
+    given = {k: v for k, v in options.items() if v is not None}
+    fraction = 0.3 if keep is None else keep
+    check_fraction("keep", fraction)
+    # validated in every mode, as before, although only the adaptive budget reads them
+    count_limits(1000, fraction, given.get("min_keep"), given.get("max_keep", 1.0))
+    if mode in ("dense", "standard"):
+        if importance is not None:
+            raise ValueError(f"mode={mode!r} is dense attention and ignores importance; "
+                             "drop importance, or use mode='adaptive' (ImportanceBudget) for "
+                             "importance-driven block budgets")
+        return DenseBudget()
+    if mode == "uniform":
+        if importance is not None:
+            raise ValueError("importance is only used by mode='adaptive'; with mode='uniform' "
+                             "every head gets the same budget (drop importance or use adaptive)")
+        return UniformBudget(fraction)
+    if importance is None:
+        raise ValueError("mode='adaptive' needs importance (a HeadImportance or "
+                         "[n_layers, n_heads] scores)")
+    if "importance_increases_keep" in given:
+        given["increases_keep"] = given.pop("importance_increases_keep")
+    return ImportanceBudget(importance, fraction, **given)
+
+
+@dataclass(init=False, repr=False, eq=False)
+class SparseAttentionPatch(Intervention):
+    """Block-sparse attention on a native model, with a per-head budget policy.
 
     Args:
         model: a native headig model (:func:`headig.load_model`).
-        mode: "uniform" (every head keeps ``keep`` of the key blocks), "adaptive"
-            (per-head budgets from ``importance`` with the same total) or "standard"
-            (dense; the patch does nothing).
-        keep: fraction of key blocks kept per query block, in (0, 1]; a head keeps
-            ``ceil(keep * n_blocks)`` blocks under uniform sparsity.
-        importance: HeadImportance or [n_layers, n_heads] scores (positive = helps);
-            required by, and only accepted with, mode="adaptive". Layers outside its
-            ``.layers`` get the uniform budget.
+        budget: how many key blocks each head keeps: :class:`UniformBudget` (default,
+            keep 0.3), :class:`ImportanceBudget` (importance-adaptive, same total) or
+            :class:`DenseBudget` (the patch does nothing); see
+            :func:`headig.sparse.budget_policy` to build one by name.
         block_size: tokens per block (default 128, the flex_attention tile).
         skip: fraction of denoising steps that stay dense before the pattern is chosen.
-        min_keep, max_keep: per-head fraction clamps for adaptive budgets
-            (min_keep None = at least one block).
         kv_groups: under GQA, "query" gives every query head its own budget and pattern;
             "kv" pools scores per KV group and shares one budget and pattern in the group.
-        importance_increases_keep: False gives *fewer* blocks to important heads (control).
         kernel: "auto" (compiled flex_attention, falling back to "gather" if it cannot be
             compiled here), "flex", "gather" or "dense_mask" (reference).
-        layers: layers to sparsify (default all).
+        layers: layers to sparsify (default all; any form :func:`normalize_layers` takes).
         min_seq_len: sequences shorter than this stay dense, and so do layers where every
             head keeps every block. Default (measured): 1024 tokens inside generation,
             where the pattern is reused, and 2048 for one-shot forwards, which choose their
@@ -131,32 +143,70 @@ class SparseAttentionPatch:
         estimate: how the pattern is scored: "auto" ("exact" when built once per
             generation, "pooled" when chosen for a single forward), "exact" or "pooled".
         keep_diagonal: always keep each query block's own key block.
-        clip, strength: the score -> budget map (see :func:`head_budgets`).
+
+    Deprecated call style, same results: ``SparseAttentionPatch(model, mode, keep=...,
+    importance=..., min_keep=..., max_keep=..., importance_increases_keep=..., clip=...,
+    strength=...)`` with mode "uniform", "adaptive" or "dense" ("standard").
 
     Example:
-        >>> with SparseAttentionPatch(model, "adaptive", keep=0.3, importance=imp):
+        >>> budget = ImportanceBudget(imp, keep=0.3)
+        >>> with SparseAttentionPatch(model, budget):
         ...     out = headig.generation.generate(model, ids, steps=256, gen_length=256)
     """
 
-    def __init__(self, model: nn.Module, mode: str = "uniform", keep: float = 0.3,
-                 importance: Any = None, *, block_size: int | None = None, skip: float = 0.2,
-                 min_keep: float | None = None, max_keep: float = 1.0,
-                 kv_groups: str = "query", importance_increases_keep: bool = True,
-                 kernel: str = "auto", layers: Sequence[int] | None = None,
+    model: nn.Module
+    budget: BudgetPolicy
+    block_size: int = DEFAULT_BLOCK_SIZE
+    skip: float = 0.2
+    kv_groups: str = "query"
+    kernel: str = "auto"
+    layers: list[int] = field(default_factory=list)
+    min_seq_len: int | None = None
+    estimate: str = "auto"
+    keep_diagonal: bool = True
+
+    def __init__(self, model: nn.Module, budget: BudgetPolicy | str | None = None,
+                 keep: float | None = None, importance: Any = None, *,
+                 block_size: int | None = None, skip: float = 0.2, kv_groups: str = "query",
+                 kernel: str = "auto", layers: LayerSpec = None,
                  min_seq_len: int | None = None, estimate: str = "auto",
-                 keep_diagonal: bool = True, clip: Sequence[float] = (5.0, 95.0),
-                 strength: float = 2.0 / 3.0) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r}; expected one of {list(MODES)}")
+                 keep_diagonal: bool = True, mode: str | None = None,
+                 min_keep: float | None = None, max_keep: float | None = None,
+                 importance_increases_keep: bool | None = None,
+                 clip: Sequence[float] | None = None, strength: float | None = None) -> None:
+        legacy = {"min_keep": min_keep, "max_keep": max_keep,
+                  "importance_increases_keep": importance_increases_keep, "clip": clip,
+                  "strength": strength}
+        if isinstance(budget, str):
+            if mode is not None and mode != budget:
+                raise TypeError(f"mode given twice ({budget!r} and mode={mode!r})")
+            mode, budget = budget, None
+        if budget is not None:
+            extra = [k for k, v in (("mode", mode), ("keep", keep), ("importance", importance),
+                                    *legacy.items()) if v is not None]
+            if extra:
+                raise TypeError(f"{extra} belong to the budget policy; pass them to "
+                                f"{type(budget).__name__}(...) instead of the patch")
+            if not isinstance(budget, BudgetPolicy):
+                raise TypeError(f"budget must be a BudgetPolicy (UniformBudget, "
+                                f"ImportanceBudget, DenseBudget) or a mode name; got "
+                                f"{type(budget).__name__}")
+        elif mode is None and keep is None and importance is None and all(
+                v is None for v in legacy.values()):
+            budget = UniformBudget()
+        else:
+            warnings.warn("SparseAttentionPatch(model, mode=..., keep=..., importance=...) is "
+                          "deprecated; pass a budget policy: SparseAttentionPatch(model, "
+                          "UniformBudget(keep)) or ImportanceBudget(importance, keep)",
+                          DeprecationWarning, stacklevel=2)
+            budget = _legacy_budget(mode or "uniform", keep, importance, legacy)
         if kv_groups not in KV_GROUPS:
             raise ValueError(f"kv_groups={kv_groups!r}; expected one of {list(KV_GROUPS)}")
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r}; expected one of {list(KERNELS)}")
         if estimate not in ("auto", *ESTIMATES):
             raise ValueError(f"estimate={estimate!r}; expected one of {['auto', *ESTIMATES]}")
-        self.keep = check_fraction("keep", keep)
         self.skip = check_fraction("skip", skip, allow_zero=True)
-        count_limits(1000, self.keep, min_keep, max_keep)  # validates the fractions
         if block_size is None:
             block_size = DEFAULT_BLOCK_SIZE
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -171,116 +221,76 @@ class SparseAttentionPatch:
                             "whose layers call attn.attn_fn; got "
                             f"{type(model).__name__}")
         self.model = model
-        self.mode = mode
-        self.min_keep = min_keep
-        self.max_keep = float(max_keep)
+        self.budget = budget
         self.kv_groups = kv_groups
-        self.importance_increases_keep = bool(importance_increases_keep)
         self.kernel = kernel
         self.block_size = block_size
         self.min_seq_len = min_seq_len
         self.estimate = estimate
         self.keep_diagonal = bool(keep_diagonal)
-        self.clip = tuple(float(c) for c in clip)
-        self.strength = float(strength)
         first = layer_list[0].attn
         self.n_layers = len(layer_list)
         self.n_heads = int(first.n_heads)
         self.group_size = int(first.n_heads) // int(first.n_kv_heads)
-        if layers is None:
-            self.layers = list(range(self.n_layers))
-        else:
-            self.layers = sorted({int(i) + (self.n_layers if int(i) < 0 else 0) for i in layers})
-            if not self.layers or any(not 0 <= i < self.n_layers for i in self.layers):
-                raise ValueError(f"layers={list(layers)}; expected a non-empty list of layer "
-                                 f"indices in [0, {self.n_layers})")
-        self._scores: Tensor | None = None
-        self._adaptive_layers: list[int] = []
-        if mode == "adaptive":
-            if importance is None:
-                raise ValueError("mode='adaptive' needs importance (a HeadImportance or "
-                                 "[n_layers, n_heads] scores)")
-            scores, attributed = _importance_scores(importance, self.n_layers, self.n_heads)
-            self._adaptive_layers = [i for i in self.layers if i in set(attributed)]
-            if not self._adaptive_layers:
-                raise ValueError(f"none of the patched layers {self.layers} were attributed in "
-                                 f"the importance (attributed: {attributed})")
-            self._scores = scores
-        elif importance is not None and mode == "uniform":
-            raise ValueError("importance is only used by mode='adaptive'; with mode='uniform' "
-                             "every head gets the same budget (drop importance or use adaptive)")
+        try:
+            self.layers = normalize_layers(layers, self.n_layers)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"layers={layers!r}: {err}") from None
+        budget.bind(self.n_layers, self.n_heads, self.layers)  # errors before any forward
         self._budget_cache: dict[int, Tensor] = {}
-        self._previous: dict[int, Any] = {}
-        self._installed: dict[int, Any] = {}
-        self._active = False
         self._logged: set[str] = set()
         self._cache_key = f"headig.sparse:{id(self)}"
         self.stats: Counter[str] = Counter()
         self.last_patterns: dict[int, BlockPattern] = {}
 
+    @property
+    def mode(self) -> str:
+        """The budget policy's name ("dense", "uniform", "adaptive", ...)."""
+        return self.budget.name
+
+    @property
+    def keep(self) -> float | None:
+        """The budget's uniform fraction of key blocks (None for dense attention)."""
+        return self.budget.keep
+
     # ------------------------------------------------------------------ budgets
     def budgets(self, n_blocks: int) -> Tensor:
         """Kept key blocks per query block for every layer and head: LongTensor [L, H].
 
-        Layers the patch does not touch read ``n_blocks`` (dense). The patched layers'
-        total equals ``len(layers) * H * ceil(keep * n_blocks)`` in every mode.
+        Layers the patch does not touch read ``n_blocks`` (dense). For the uniform and
+        adaptive budgets the patched layers' total equals
+        ``len(layers) * H * ceil(keep * n_blocks)``.
         """
         cached = self._budget_cache.get(n_blocks)
         if cached is not None:
             return cached
-        kw = dict(min_keep=self.min_keep, max_keep=self.max_keep,
-                  increases_keep=self.importance_increases_keep, kv_groups=self.kv_groups,
-                  group_size=self.group_size, clip=self.clip, strength=self.strength)
-        out = torch.full((self.n_layers, self.n_heads), n_blocks, dtype=torch.long)
-        out[self.layers] = head_budgets(None, n_blocks, self.keep, n_layers=len(self.layers),
-                                        n_heads=self.n_heads, **kw)
-        if self._scores is not None:
-            rows = self._adaptive_layers
-            out[rows] = head_budgets(self._scores[rows], n_blocks, self.keep, **kw)
+        out = self.budget.counts(n_blocks, self.layers, self.n_layers, self.n_heads,
+                                 group_size=self.group_size, kv_groups=self.kv_groups)
         self._budget_cache[n_blocks] = out
         return out
 
     # ------------------------------------------------------------------ install
-    def apply(self) -> SparseAttentionPatch:
-        """Install the sparse attention functions (idempotent); returns self."""
-        if self._active:
-            return self
-        if self.mode != "standard":
-            try:
-                for i in self.layers:
-                    attn = self.model.layers[i].attn
-                    self._previous[i] = attn.attn_fn
-                    fn = self._make_fn(i, attn.attn_fn)
-                    self._installed[i] = fn
-                    attn.attn_fn = fn
-            except Exception:
-                self.remove()
-                raise
-        self._active = True
-        return self
-
-    def remove(self) -> None:
-        """Restore every layer's previous attention function exactly."""
-        for i, prev in self._previous.items():
+    def _install(self) -> None:
+        """Swap each patched layer's attention function; each swap is undone exactly."""
+        if not self.budget.sparse:
+            return
+        for i in self.layers:
             attn = self.model.layers[i].attn
-            if attn.attn_fn is self._installed.get(i):
+            prev = attn.attn_fn
+            fn = self._make_fn(i, prev)
+            attn.attn_fn = fn
+            self._on_remove(self._restorer(i, prev, fn))
+
+    def _restorer(self, layer: int, prev: Any, fn: Any):
+        def restore() -> None:
+            attn = self.model.layers[layer].attn
+            if attn.attn_fn is fn:
                 attn.attn_fn = prev
             else:
-                log.warning("layer %d's attention function was replaced after the sparse patch "
-                            "was applied; leaving it in place", i)
-        self._previous.clear()
-        self._installed.clear()
-        self._active = False
+                log.warning("layer %d's attention function was replaced after the sparse "
+                            "patch was applied; leaving it in place", layer)
 
-    @property
-    def active(self) -> bool:
-        return self._active
-
-    def __enter__(self) -> SparseAttentionPatch:
-        return self.apply()
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
+        return restore
 
     # ------------------------------------------------------------------ forward
     def _note(self, key: str, msg: str, *args: Any, level: int = logging.INFO) -> None:
@@ -388,6 +398,6 @@ class SparseAttentionPatch:
         return run_kernel(name, q, k, v, pattern, key_valid)
 
     def __repr__(self) -> str:
-        return (f"SparseAttentionPatch(mode={self.mode!r}, keep={self.keep}, "
+        return (f"SparseAttentionPatch(budget={self.budget!r}, "
                 f"block_size={self.block_size}, skip={self.skip}, kv_groups={self.kv_groups!r}, "
-                f"kernel={self.kernel!r}, layers={self.layers}, active={self._active})")
+                f"kernel={self.kernel!r}, layers={self.layers}, active={self.active})")
