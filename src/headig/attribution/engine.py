@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headig.attribution.objective import Item, MaskedDiffusionObjective
-from headig.gating import HeadGate
+from headig.diffusion.alignment import gather_aligned, source_rows
+from headig.diffusion.loss import masked_row_loss, token_ce
+from headig.interventions import HeadGate
 from headig.models.family import Family, family_of
 
 
@@ -32,16 +33,16 @@ def _forward_logits(model: nn.Module, ids: Tensor, attn: Tensor | None, select: 
 
 def row_losses(model: nn.Module, family: Family, inputs: Tensor, targets: Tensor,
                masked: Tensor, attn: Tensor | None, normalize: str) -> Tensor:
-    """Per-row masked CE [B] for already-masked ``inputs`` [B, T] (float32)."""
+    """Per-row masked CE [B] for already-masked ``inputs`` [B, T] (float32).
+
+    The family's logit alignment, the CE and its per-row reduction are those of
+    :mod:`headig.diffusion`; native models unembed only the rows that are scored.
+    """
     shift = family.logit_shift
-    select = masked if shift == 0 else F.pad(masked[:, shift:], (0, shift))
-    logits = _forward_logits(model, inputs, attn, select).float()
-    ce = F.cross_entropy(logits, targets[masked], reduction="none")
-    rows = masked.nonzero()[:, 0]
-    loss = torch.zeros(inputs.shape[0], dtype=ce.dtype, device=ce.device).index_add(0, rows, ce)
-    if normalize == "mean_masked":
-        loss = loss / masked.sum(1).clamp_min(1).to(loss.dtype)
-    return loss
+    select = source_rows(masked, shift)
+    logits = gather_aligned(_forward_logits(model, inputs, attn, select), masked, select, shift)
+    ce = token_ce(logits, targets[masked])
+    return masked_row_loss(ce, masked, normalize)
 
 
 def embedding_size(model: nn.Module, family: Family) -> int:

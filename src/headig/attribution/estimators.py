@@ -43,7 +43,7 @@ from headig.attribution.paths import STP, GatePath
 from headig.attribution.registry import register_estimator
 from headig.attribution.results import POSTPROCESS, Attribution
 from headig.attribution.runner import run_attribution
-from headig.gating import normalize_layers
+from headig.interventions import normalize_layers
 from headig.models.family import family_of
 
 

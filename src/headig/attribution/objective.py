@@ -1,8 +1,8 @@
 """The attribution objective J(α) = −(masked-reconstruction loss on the completion span).
 
-For each example, a set of *masking variants* is drawn once (mask probabilities ×
-samples, at least one completion token masked, prompt never masked) and reused at every
-gate point (common random numbers). The loss of a variant is the cross-entropy at its
+For each example, a set of *masking variants* is drawn once by the one seeded sampler of
+:mod:`headig.diffusion.masking` (mask probabilities × samples, at least one completion
+token masked, prompt never masked) and reused at every gate point (common random numbers). The loss of a variant is the cross-entropy at its
 masked completion positions, aligned with the family's logit shift (Dream predicts
 position i from output row i-1). J_j(α) is minus the weighted mean over variants.
 
@@ -12,7 +12,6 @@ into :class:`Item` rows, so a malformed batch fails here, before any model work.
 
 from __future__ import annotations
 
-import hashlib
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,14 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-DEFAULT_MASK_PROBS: tuple[float, ...] = (0.15, 0.3, 0.5, 0.7, 0.9)
-LOSS_NORMALIZE = ("mean_masked", "sum")
-
-
-def seed_from(*parts: Any) -> int:
-    """A 63-bit seed derived from any printable parts (stable across runs and platforms)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from headig.diffusion.loss import LOSS_NORMALIZE
+from headig.diffusion.masking import (
+    DEFAULT_MASK_PROBS,
+    collapse_variants,
+    sample_variant_masks,
+    seed_from,
+)
 
 
 @dataclass(frozen=True)
@@ -210,24 +208,12 @@ class MaskedDiffusionObjective:
                                  "completion may be masked")
             if not bool(raw.any(-1).all()):
                 raise ValueError(f"a mask for {item.id!r} masks no token")
-            draws = list(raw)
+            unique, weights = collapse_variants(raw)
         else:
-            positions = comp.nonzero().flatten()
-            draws = []
-            v = 0
-            for p in self.mask_probs:
-                for _ in range(int(self.mask_samples_per_prob)):
-                    gen = torch.Generator().manual_seed(seed_from(self.seed, item.id, v))
-                    pick = torch.rand(positions.numel(), generator=gen) < p
-                    if not bool(pick.any()):
-                        pick[torch.randint(positions.numel(), (1,), generator=gen)] = True
-                    m = torch.zeros(item.length, dtype=torch.bool)
-                    m[positions[pick]] = True
-                    draws.append(m)
-                    v += 1
-        stacked = torch.stack(draws)
-        unique, counts = torch.unique(stacked, dim=0, return_counts=True)
-        out = Variants(unique, counts.to(torch.float64) / counts.sum())
+            unique, weights = collapse_variants(sample_variant_masks(
+                comp, example_id=item.id, seed=self.seed, mask_probs=self.mask_probs,
+                samples_per_prob=int(self.mask_samples_per_prob)))
+        out = Variants(unique, weights)
         self._cache[item.id] = out
         return out
 

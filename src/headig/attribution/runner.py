@@ -18,7 +18,6 @@ front end gets the same guarantees.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -34,29 +33,32 @@ from headig.attribution import engine
 from headig.attribution.objective import Item, MaskedDiffusionObjective
 from headig.attribution.results import Attribution, postprocess
 from headig.models.family import family_of
+from headig.runtime import (
+    atomic_path,
+    atomic_write,
+    dist_info,
+    fingerprint,
+    init_process_group,
+    json_digest,
+    progress_bar,
+)
 
 GroupFn = Callable[[list[Item]], list[Tensor]]
 
 
 def data_fingerprint(items: Sequence[Item]) -> str:
     """Hash of the ids, tokens and completion spans (a checkpoint only resumes the same data)."""
-    h = hashlib.sha256()
-    for it in items:
-        h.update(it.id.encode())
-        h.update(it.input_ids.numpy().tobytes())
-        h.update(it.completion.numpy().tobytes())
-    return h.hexdigest()[:16]
+    return fingerprint((part for it in items for part in (it.id, it.input_ids, it.completion)),
+                       n_hex=16)
 
 
 def atomic_save(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     """Write a safetensors checkpoint so that a crash leaves either the old or the new file."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"headig_checkpoint": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path, make_parents=True) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"headig_checkpoint": json.dumps(meta)})
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, tuple[Tensor, float, float]]:
@@ -82,22 +84,14 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, tuple[Tensor, flo
 
 def dist_rank_world() -> tuple[int, int]:
     """(rank, world size) of the initialised process group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    return dist_info()
 
 
 @contextlib.contextmanager
 def process_group(device: str | torch.device, world: int) -> Iterator[None]:
     """Join the torchrun / accelerate process group for ``world`` > 1 ranks if none is set up
     yet (nccl on CUDA, gloo otherwise), and leave it on exit; a no-op in a single process."""
-    own = False
-    if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        dev = torch.device(device)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        own = True
+    own = world > 1 and torch.distributed.is_available() and init_process_group(device)
     try:
         yield
     finally:
@@ -141,8 +135,7 @@ def run_attribution(
         "postprocess": postprocess_name, "layers": list(layers),
     }
     data_fp = data_fingerprint(items)
-    run_fp = hashlib.sha256(json.dumps([full_settings, data_fp], sort_keys=True,
-                                       default=str).encode()).hexdigest()[:16]
+    run_fp = json_digest([full_settings, data_fp], n_hex=16)
     rank, world = dist_rank_world()
     ckpt = None if checkpoint is None else rank_checkpoint(checkpoint, rank, world)
     done = load_checkpoint(ckpt, run_fp) if ckpt is not None else {}
@@ -152,11 +145,8 @@ def run_attribution(
     shape = (len(layers), family.n_heads)
     ones = torch.ones(1, *shape)
     base = torch.full((1, *shape), float(baseline))
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"headig {estimator}",
-                   unit="ex")
+    bar = progress_bar(len(mine), f"headig {estimator}", enabled=progress and rank == 0,
+                       unit="ex", initial=len(mine) - len(todo))
     start_time = time.time()
     try:
         for g0 in range(0, len(todo), examples_per_group):
@@ -175,11 +165,9 @@ def run_attribution(
                             {"fingerprint": run_fp, "ids": ids,
                              "j_full": [done[x][1] for x in ids],
                              "j_base": [done[x][2] for x in ids]})
-            if bar is not None:
-                bar.update(len(group))
+            bar.update(len(group))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     local = {it.id: done[it.id] for it in mine}
     if world > 1:
@@ -234,9 +222,7 @@ State = Literal["fresh", "resume", "done"]
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     """Atomic JSON write (a reader never sees half a log)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 class RunFolder:

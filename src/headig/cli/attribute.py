@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -252,10 +251,9 @@ def _model_arch(model_dir: str) -> tuple[dict[str, Any], Any, Any]:
 
 def _dist_env() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the torchrun / accelerate environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    return rank, world, local
+    from headig.runtime import env_dist_info
+
+    return env_dist_info()
 
 
 def _resolve_device(requested: str | None, world: int, local_rank: int) -> str:
@@ -391,7 +389,7 @@ def _plan(args: argparse.Namespace, say: Any) -> _Plan:
     recipe = _infer_recipe(args)
     options = _recipe_options(args, recipe)
     cfg, spec, arch = _model_arch(model_dir)
-    from headig.gating import layer_range
+    from headig.interventions import layer_range
 
     layers = layer_range(args.layer_start, args.layer_end, arch.n_layers)
     n_attr = len(layers) * arch.n_heads
