@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import headig.estimators as est
+import headig.attribution.engine as est
 import headig.models.loading as loading
 from headig.cli.main import main
 from headig.importance import HeadImportance, compare

@@ -9,8 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import headig.estimators as est
-from headig.estimators import (
+import headig.attribution.engine as est
+from headig.attribution import (
+    DP,
+    STP,
+    GatePath,
     exact_shapley,
     gradient_at_ones,
     integrated_gradients,
@@ -18,7 +21,6 @@ from headig.estimators import (
     shapley_sampling,
 )
 from headig.gating import HeadGate
-from headig.paths import DP, STP, Path
 from tests.conftest import FAMILIES, FIXTURES
 
 FAST = dict(mask_probs=(0.3, 0.7), mask_samples_per_prob=1)
@@ -158,7 +160,7 @@ def test_leave_one_out_equals_direct_ablation(loaded):
     for layer, head in [(0, 2), (1, 1)]:
         gates = torch.ones(1, 2, 4)
         gates[0, layer, head] = 0.0
-        from headig.objective import (
+        from headig.attribution import (
             MaskedDiffusionObjective,
             PointRequest,
             as_items,
@@ -175,7 +177,7 @@ def test_gradient_at_ones_is_ig_first_point(loaded):
     batch = make_batch(n=2)
     grad = gradient_at_ones(model, batch, **FAST)
     # the left-rule IG with one step on a reversed path would differ; compare to autograd
-    from headig.objective import MaskedDiffusionObjective, PointRequest, as_items, evaluate_points
+    from headig.attribution import MaskedDiffusionObjective, PointRequest, as_items, evaluate_points
     obj = MaskedDiffusionObjective(**FAST)
     out = evaluate_points(model, obj, [PointRequest(it, torch.ones(1, 2, 4))
                                        for it in as_items(batch)], layers=[0, 1], with_grad=True)
@@ -218,7 +220,7 @@ def test_postprocess_semantics(loaded):
 
 
 def test_variants_dedup_and_prompt_never_masked():
-    from headig.objective import Item, MaskedDiffusionObjective
+    from headig.attribution import Item, MaskedDiffusionObjective
     obj = MaskedDiffusionObjective(mask_probs=(0.15, 0.9), mask_samples_per_prob=3, seed=3)
     one_token = Item("x", torch.arange(8), torch.arange(8) >= 7)
     v = obj.variants(one_token)
@@ -326,9 +328,9 @@ def test_bad_batches(loaded):
 def test_path_weights_sum_to_gate_range():
     u = torch.rand(2, 3, dtype=torch.float64)
     for rule in ("right", "left", "midpoint", "trapezoid"):
-        pts = Path.points(u, 1 - u, 0.25, 7, rule)
+        pts = GatePath.points(u, 1 - u, 0.25, 7, rule)
         torch.testing.assert_close(pts.weights.sum(0), torch.full((2, 3), 0.75, dtype=torch.float64))
-    pts = Path.points(u * 0.9, torch.full((2, 3), 0.1, dtype=torch.float64), 0.0, 3, "ramp_gauss")
+    pts = GatePath.points(u * 0.9, torch.full((2, 3), 0.1, dtype=torch.float64), 0.0, 3, "ramp_gauss")
     assert pts.gates.shape == (18, 2, 3)
     torch.testing.assert_close(pts.weights.sum(0), torch.ones(2, 3, dtype=torch.float64))
 
@@ -342,3 +344,20 @@ def test_stp_sampling_schemes():
     torch.testing.assert_close(u[0] + u[1], torch.ones(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="sampling"):
         STP(sampling="sobol")
+
+
+def test_old_module_paths_still_work():
+    import pathlib
+
+    import headig.estimators as old_est
+    import headig.objective as old_obj
+    import headig.paths as old_paths
+    from headig import attribution
+
+    assert old_paths.Path is GatePath and old_paths.Path is not pathlib.Path
+    assert old_paths.RULES == ("right", "left", "midpoint", "trapezoid", "gauss_legendre",
+                               "ramp_gauss")
+    assert old_est.ESTIMATORS["ig"] is integrated_gradients
+    assert old_est.Attribution is attribution.Attribution
+    assert old_obj.evaluate_points is attribution.evaluate_points
+    assert old_obj.MaskedDiffusionObjective is attribution.MaskedDiffusionObjective

@@ -24,25 +24,20 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RESULT_FILE = "head_importance.safetensors"
-LOG_FILE = "attribution.json"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-LOG_SCHEMA = 1
+from headig.attribution.registry import canonical_name, estimator_names, get_estimator
+from headig.attribution.rules import get_rule, rule_names
+from headig.attribution.runner import CHECKPOINT_FILE, LOG_SCHEMA, RunFolder
+from headig.attribution.runner import LOG_FILE as LOG_FILE
+from headig.attribution.runner import RESULT_FILE as RESULT_FILE
 
 PATHS = {"dp": "dp", "diagonal": "dp", "stp": "stp", "random_threshold": "stp"}
-ESTIMATOR_NAMES = {
-    "ig": "ig", "integrated_gradients": "ig", "shapley_sampling": "shapley_sampling",
-    "leave_one_out": "leave_one_out", "loo": "leave_one_out",
-    "gradient_at_ones": "gradient_at_ones", "exact_shapley": "exact_shapley",
-}
 RECIPES = ("fields", "gsm8k", "mmlu", "humaneval", "chat")
-RULE_NAMES = ("right", "left", "midpoint", "trapezoid", "gauss_legendre", "ramp_gauss")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 
@@ -108,8 +103,10 @@ def register(subparsers: Any) -> None:
                    help="wrap prompts in the tokenizer's chat template")
 
     g = p.add_argument_group("estimator")
-    g.add_argument(*_flags("--estimator"), default="ig", choices=sorted(ESTIMATOR_NAMES),
-                   help="ig = HeadIG; the others are comparison estimators")
+    g.add_argument(*_flags("--estimator"), default="integrated_gradients",
+                   choices=estimator_names(),
+                   help="integrated_gradients (alias ig) = HeadIG; the others are comparison "
+                        "estimators")
     g.add_argument(*_flags("--path", "--path_mode"), default="stp", choices=sorted(PATHS),
                    help="IG path: stp (= random_threshold) or dp (= diagonal)")
     g.add_argument(*_flags("--path_samples", "--samples"), type=int, default=4,
@@ -123,7 +120,7 @@ def register(subparsers: Any) -> None:
                    help="how STP thresholds are drawn across path samples")
     g.add_argument(*_flags("--ig_steps", "--steps"), type=int, default=8,
                    help="quadrature steps per path sample")
-    g.add_argument(*_flags("--rule"), default=None, choices=RULE_NAMES,
+    g.add_argument(*_flags("--rule"), default=None, choices=rule_names(),
                    help="quadrature rule (default: gauss_legendre for dp, trapezoid for stp; "
                         "'right' = the original)")
     g.add_argument(*_flags("--baseline"), default="zero",
@@ -254,10 +251,9 @@ def _model_arch(model_dir: str) -> tuple[dict[str, Any], Any, Any]:
 
 def _dist_env() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the torchrun / accelerate environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    return rank, world, local
+    from headig.runtime import env_dist_info
+
+    return env_dist_info()
 
 
 def _resolve_device(requested: str | None, world: int, local_rank: int) -> str:
@@ -280,7 +276,7 @@ def _resolve_device(requested: str | None, world: int, local_rank: int) -> str:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Validate every flag (no model needed) and return the normalised run settings."""
-    estimator = ESTIMATOR_NAMES[args.estimator]
+    estimator = canonical_name(args.estimator)
     path = PATHS[args.path]
     for name in ("path_samples", "ig_steps", "mask_samples_per_prob", "internal_batch_size",
                  "max_samples", "permutations", "examples_per_group", "max_heads"):
@@ -291,8 +287,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if not 0.0 < args.ramp_width <= 1.0:
         raise ValueError(f"--ramp_width={args.ramp_width}; expected 0 < width <= 1")
     rule = args.rule
-    if rule == "ramp_gauss" and path == "dp":
-        raise ValueError("--rule ramp_gauss integrates inside each head's own ramp and needs "
+    if rule is not None and path == "dp" and get_rule(rule).per_head:
+        raise ValueError(f"--rule {rule} ""integrates inside each head's own ramp and needs "
                          "--path stp; use gauss_legendre (default) or trapezoid with dp")
     seed = int(args.seed)
     settings: dict[str, Any] = {
@@ -308,7 +304,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "layer_start": args.layer_start,
         "layer_end": args.layer_end,
     }
-    if estimator == "ig":
+    if estimator == "integrated_gradients":
         settings.update({"path": path, "steps": args.ig_steps,
                          "rule": rule or ("gauss_legendre" if path == "dp" else "trapezoid")})
         if path == "stp":
@@ -352,70 +348,48 @@ def _infer_recipe(args: argparse.Namespace) -> str | None:
 
 
 # ------------------------------------------------------------------------- output folder
-def _read_log(out: Path) -> dict[str, Any] | None:
-    log = out / LOG_FILE
-    if not log.is_file():
-        return None
-    try:
-        return json.loads(log.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    stem = Path(CHECKPOINT_FILE).stem
-    return sorted(out.glob(f"{stem}*.safetensors"))
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
-def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool, rank: int) -> str:
-    """Decide what to do with ``--out``: 'fresh', 'resume' or 'done'. Raises on conflicts."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    prev = _read_log(out) if out.is_dir() else None
-    ckpts = _checkpoints(out) if out.is_dir() else []
-    if overwrite:
-        if rank == 0:
-            for f in [*ckpts, out / RESULT_FILE, out / LOG_FILE,
-                      out / Path(RESULT_FILE).with_suffix(".json").name]:
-                f.unlink(missing_ok=True)
-        return "fresh"
-    if prev is not None and prev.get("identity") is not None:
-        changed = _diff(prev["identity"], identity)
-        if changed:
-            raise ValueError(f"--out {out} holds a run with different settings (differs in "
-                             f"{', '.join(changed)}); choose another --out or pass --overwrite")
-        if prev.get("status") == "complete" and (out / RESULT_FILE).is_file():
-            return "done"
-        return "resume" if ckpts else "fresh"
-    if (out / RESULT_FILE).is_file():
-        raise ValueError(f"--out {out} already holds {RESULT_FILE} from another run; choose "
-                         "another --out or pass --overwrite")
-    return "resume" if ckpts else "fresh"
+def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
+    """An identity with the estimator under its canonical name (older logs say ``ig``)."""
+    est = identity.get("estimator")
+    if isinstance(est, str):
+        try:
+            identity["estimator"] = canonical_name(est)
+        except ValueError:
+            pass
+    return identity
 
 
 # ------------------------------------------------------------------------- run
-def run(args: argparse.Namespace) -> int:
-    t_start = time.time()
+@dataclass
+class _Plan:
+    """Everything decided before the model is loaded."""
+
+    settings: dict[str, Any]
+    rank: int
+    world: int
+    model_dir: str
+    embedded: bool
+    data_source: str
+    arch: Any
+    layers: list[int]
+    device: str
+    encoded: list[Any]
+    report: Any
+    identity: dict[str, Any]
+    data_seconds: float
+
+
+def _plan(args: argparse.Namespace, say: Any) -> _Plan:
+    """Check every flag, the model config, the data and its encoding: all before the model."""
     settings = _settings(args)
     rank, world, local_rank = _dist_env()
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if rank == 0 else (lambda *a: None)
 
     model_dir, embedded = _resolve_model(args)
     data_source = _resolve_data(args, model_dir, embedded)
     recipe = _infer_recipe(args)
     options = _recipe_options(args, recipe)
     cfg, spec, arch = _model_arch(model_dir)
-    from headig.gating import layer_range
+    from headig.interventions import layer_range
 
     layers = layer_range(args.layer_start, args.layer_end, arch.n_layers)
     n_attr = len(layers) * arch.n_heads
@@ -471,11 +445,27 @@ def run(args: argparse.Namespace) -> int:
         "data_fingerprint": hdata.fingerprint(examples)[:16],
         "layers": layers, **settings,
     }
-    out = Path(args.out).expanduser()
-    state = _prepare_out(out, identity, args.overwrite, rank)
+    return _Plan(settings=settings, rank=rank, world=world, model_dir=model_dir,
+                 embedded=embedded, data_source=data_source, arch=arch, layers=layers,
+                 device=device, encoded=encoded, report=report, identity=identity,
+                 data_seconds=data_seconds)
+
+
+def run(args: argparse.Namespace) -> int:
+    t_start = time.time()
+    rank = _dist_env()[0]
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if rank == 0 else (lambda *a: None)
+    plan = _plan(args, say)
+    settings, world, identity = plan.settings, plan.world, plan.identity
+    arch, layers, device, report = plan.arch, plan.layers, plan.device, plan.report
+    model_dir, data_source, encoded = plan.model_dir, plan.data_source, plan.encoded
+    n_attr = len(layers) * arch.n_heads
+    folder = RunFolder(args.out, identity, rank=rank, world=world, normalize=_comparable)
+    out = folder.out
+    state = folder.prepare(args.overwrite)
     if state == "done":
         say(f"{out} already holds the finished result of this exact run "
-            f"({out / RESULT_FILE}); nothing to do (pass --overwrite to recompute)")
+            f"({folder.result}); nothing to do (pass --overwrite to recompute)")
         return 0
     out.mkdir(parents=True, exist_ok=True)
 
@@ -484,15 +474,14 @@ def run(args: argparse.Namespace) -> int:
         "status": "running",
         "identity": identity,
         "flags": {k: v for k, v in vars(args).items() if k not in ("func",)},
-        "embedded_model": embedded,
+        "embedded_model": plan.embedded,
         "model_arch": {"family": arch.family, "n_layers": arch.n_layers,
                        "n_heads": arch.n_heads, "n_kv_heads": arch.n_kv_heads},
         "device": device, "world_size": world,
         "encoding": report.to_dict(),
         "resumed": state == "resume",
     }
-    if rank == 0:
-        _write_json(out / LOG_FILE, log)
+    folder.write_log(log)
     say(f"headig attribute: {len(encoded)} examples ({report.n_examples} loaded, "
         f"{len(report.truncated)} truncated, {len(report.dropped)} dropped) from {data_source}")
     for ex_id, why in report.dropped:
@@ -501,21 +490,10 @@ def run(args: argparse.Namespace) -> int:
         say(f"resuming from the checkpoint in {out}")
 
     # Model and (optionally) the process group.
-    import torch
-
-    from headig import estimators
+    from headig.attribution.runner import barrier, process_group
     from headig.models.loading import load_model
-    from headig.objective import MaskedDiffusionObjective
-    from headig.paths import DP, STP
 
-    own_group = False
-    if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        if torch.device(device).type == "cuda":
-            torch.cuda.set_device(torch.device(device))
-        torch.distributed.init_process_group(backend)
-        own_group = True
-    try:
+    with process_group(device, world):
         t0 = time.time()
         model, _ = load_model(model_dir, dtype=None if args.dtype == "auto" else args.dtype,
                               device=device, tokenizer=False)
@@ -523,83 +501,35 @@ def run(args: argparse.Namespace) -> int:
         say(f"loaded {model_dir} ({arch.family}, {arch.n_layers} layers x {arch.n_heads} "
             f"heads, {next(model.parameters()).dtype}) on {device} in {load_seconds:.1f}s")
 
-        objective = MaskedDiffusionObjective(
-            mask_probs=settings["mask_probs"],
-            mask_samples_per_prob=settings["mask_samples_per_prob"],
-            loss_normalize=settings["loss_normalize"], seed=settings["mask_seed"])
-        common = dict(baseline=settings["baseline"], postprocess=settings["postprocess"],
-                      layers=layers, seed=settings["seed"], objective=objective,
-                      internal_batch_size=args.internal_batch_size,
-                      return_per_example=True, checkpoint=out / CHECKPOINT_FILE,
-                      examples_per_group=args.examples_per_group,
-                      progress=not args.no_progress)
-        est = settings["estimator"]
-        # Plain dicts: the estimators take {input_ids, prompt_length, id} rows.
-        batch = [{"input_ids": e.input_ids, "prompt_length": e.prompt_length, "id": e.id}
-                 for e in encoded]
+        estimator = _estimator(model, args, settings, layers, say)
         t0 = time.time()
-        if est == "ig":
-            if settings["path"] == "dp":
-                path = DP()
-                if args.path_samples != 4:
-                    say("note: the diagonal path is deterministic; --path_samples is ignored")
-            else:
-                path = STP(samples=args.path_samples, ramp=args.ramp, width=args.ramp_width,
-                           sampling=args.threshold_sampling)
-            attr = estimators.integrated_gradients(
-                model, batch, path=path, steps=args.ig_steps, rule=settings["rule"],
-                gradient_checkpointing=args.gradient_checkpointing, **common)
-        elif est == "shapley_sampling":
-            attr = estimators.shapley_sampling(model, batch, permutations=args.permutations,
-                                               **common)
-        elif est == "exact_shapley":
-            attr = estimators.exact_shapley(model, batch, max_heads=args.max_heads, **common)
-        else:
-            attr = estimators.ESTIMATORS[est](model, batch, **common)
+        attr = estimator.attribute(encoded, return_per_example=True,
+                                   checkpoint=folder.checkpoint,
+                                   examples_per_group=args.examples_per_group,
+                                   progress=not args.no_progress)
         attr_seconds = time.time() - t0
 
         if rank == 0:
-            imp = attr.to_importance()
-            if args.no_per_example:
-                imp.per_example = None
-            imp.meta.update({"model": identity["model"],
-                             "data": {"source": data_source, "recipe": identity["recipe"],
-                                      "split": args.split, "n_examples": len(encoded),
-                                      "fingerprint": identity["data_fingerprint"]},
-                             "tool": "headig attribute"})
-            completeness = _completeness(attr, est)
-            imp.meta["completeness"]["aggregate_relative_residual"] = \
-                completeness["aggregate_relative_residual"]
-            result = imp.save(out / RESULT_FILE)
+            imp, completeness = _importance(attr, type(estimator).complete, args, plan)
+            result = imp.save(folder.result)
             log.update({
                 "status": "complete",
                 "result": result.name,
                 "meta": attr.meta,
                 "completeness": completeness,
-                "timings": {"data_seconds": round(data_seconds, 3),
+                "timings": {"data_seconds": round(plan.data_seconds, 3),
                             "model_load_seconds": round(load_seconds, 3),
                             "attribution_seconds": round(attr_seconds, 3),
                             "total_seconds": round(time.time() - t_start, 3)},
                 "checkpoint": (CHECKPOINT_FILE if args.keep_checkpoint else None),
             })
-            _write_json(out / LOG_FILE, log)
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-        if not args.keep_checkpoint:
-            ck = out / CHECKPOINT_FILE
-            if world > 1:
-                ck = ck.with_name(f"{ck.stem}.rank{rank}of{world}{ck.suffix}")
-            ck.unlink(missing_ok=True)
-            if rank == 0:  # also leftovers of an earlier attempt with another world size
-                for leftover in _checkpoints(out):
-                    leftover.unlink(missing_ok=True)
-    finally:
-        if own_group:
-            torch.distributed.destroy_process_group()
+            folder.write_log(log)
+        barrier()
+        folder.cleanup(args.keep_checkpoint)
 
     if rank == 0:
         c = log["completeness"]
-        say(f"done in {attr_seconds:.1f}s: {out / RESULT_FILE}")
+        say(f"done in {attr_seconds:.1f}s: {folder.result}")
         say(f"completeness residual: {c['aggregate_relative_residual']:.3g} of |J(1) - "
             f"J(baseline)| (sum over examples; mean |residual| {c['mean_abs_residual']:.3g}, "
             f"mean |J(1) - J(baseline)| {c['mean_abs_gap']:.3g})")
@@ -609,7 +539,56 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _completeness(attr: Any, estimator: str) -> dict[str, Any]:
+def _importance(attr: Any, complete: bool, args: argparse.Namespace,
+                plan: _Plan) -> tuple[Any, dict[str, Any]]:
+    """The score file's HeadImportance (with run provenance) and the completeness summary."""
+    identity = plan.identity
+    imp = attr.to_importance()
+    if args.no_per_example:
+        imp.per_example = None
+    imp.meta.update({"model": identity["model"],
+                     "data": {"source": plan.data_source, "recipe": identity["recipe"],
+                              "split": args.split, "n_examples": len(plan.encoded),
+                              "fingerprint": identity["data_fingerprint"]},
+                     "tool": "headig attribute"})
+    completeness = _completeness(attr, complete)
+    imp.meta["completeness"]["aggregate_relative_residual"] = \
+        completeness["aggregate_relative_residual"]
+    return imp, completeness
+
+
+def _estimator(model: Any, args: argparse.Namespace, settings: dict[str, Any],
+               layers: list[int], say: Any) -> Any:
+    """The configured estimator (shared arguments from the flags, plus its own budget)."""
+    from headig.attribution import DP, STP, MaskedDiffusionObjective
+
+    est = settings["estimator"]
+    own: dict[str, Any] = {}
+    if est == "integrated_gradients":
+        if settings["path"] == "dp":
+            path = DP()
+            if args.path_samples != 4:
+                say("note: the diagonal path is deterministic; --path_samples is ignored")
+        else:
+            path = STP(samples=args.path_samples, ramp=args.ramp, width=args.ramp_width,
+                       sampling=args.threshold_sampling)
+        own = dict(path=path, steps=args.ig_steps, rule=settings["rule"],
+                   gradient_checkpointing=args.gradient_checkpointing)
+    elif est == "shapley_sampling":
+        own = dict(permutations=args.permutations)
+    elif est == "exact_shapley":
+        own = dict(max_heads=args.max_heads)
+    objective = MaskedDiffusionObjective(
+        mask_probs=settings["mask_probs"],
+        mask_samples_per_prob=settings["mask_samples_per_prob"],
+        loss_normalize=settings["loss_normalize"], seed=settings["mask_seed"])
+    return get_estimator(est)(model, **own, baseline=settings["baseline"],
+                              postprocess=settings["postprocess"], layers=layers,
+                              seed=settings["seed"], objective=objective,
+                              internal_batch_size=args.internal_batch_size)
+
+
+def _completeness(attr: Any, complete: bool) -> dict[str, Any]:
     """Summary and per-example table of Σ A_j − (J_j(1) − J_j(α0))."""
     total = attr.per_example.sum((1, 2)) if attr.per_example is not None else None
     rel = attr.relative_residual
@@ -621,7 +600,7 @@ def _completeness(attr: Any, estimator: str) -> dict[str, Any]:
                      "sum_attribution": None if total is None else float(total[i]),
                      "residual": float(attr.residual[i]), "relative_residual": float(rel[i])})
     return {
-        "expected_zero": estimator in ("ig", "exact_shapley", "shapley_sampling"),
+        "expected_zero": bool(complete),
         "note": "residual = sum over heads of an example's attribution - (J(1) - J(baseline)); "
                 "it tends to 0 with more steps for ig and is exactly 0 for Shapley estimators. "
                 "aggregate_relative_residual = sum |residual| / sum |J(1) - J(baseline)|, "
