@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from lm_eval.api.instance import Instance
 
-    from headig.generation import generate
-    from headig.likelihood import loglikelihood
+    from headig.diffusion.generation import generate
+    from headig.diffusion.likelihood import loglikelihood
     from headig_lmeval.model import HeadigDLLM
 
     common = dict(pretrained=a.pretrained, device=a.device, dtype=a.dtype, mc_num=a.mc_num,

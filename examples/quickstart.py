@@ -16,7 +16,7 @@ import torch
 import headig
 from headig import tasks
 from headig.data import Example, encode_examples
-from headig.embedded import embedded_examples, load_embedded
+from headig.toy.embedded import embedded_examples, load_embedded
 
 OUT = Path("quickstart-output")
 OUT.mkdir(exist_ok=True)
@@ -41,8 +41,7 @@ held_out, labels = encode("eval", 20)  # 120 examples
 print(tokenizer.decode(held_out[0].input_ids), "| prompt tokens:", held_out[0].prompt_length)
 
 # %% 2. Attribute: HeadIG along the Stochastic Threshold Path
-from headig.estimators import integrated_gradients
-from headig.paths import STP
+from headig.attribution import STP, integrated_gradients
 
 attribution = integrated_gradients(
     model, attribution_batch,
@@ -67,8 +66,8 @@ from headig.plotting import save_heatmap
 save_heatmap(importance, OUT / "heatmap.png", mark_top=3)
 
 # %% 4. Prune: remove heads and look at what breaks
-from headig.gating import HeadMask
-from headig.validate import generation_accuracy, loss_at_masks
+from headig.interventions import HeadMask
+from headig.validation import generation_accuracy, loss_at_masks
 
 print("intact:", generation_accuracy(model, held_out, labels=labels)["groups"])
 with HeadMask.from_scores(model, importance, which="most", k=2) as mask:
@@ -83,7 +82,7 @@ keep[2] = headig.select_heads(importance, "least", k=2)
 print("loss intact / -top2 / -bottom2:", loss_at_masks(model, held_out, keep).tolist())
 
 # %% 5. Validate: the pruning sweep with random baselines and the exhaustive oracle
-from headig.validate import prune_sweep
+from headig.validation import prune_sweep
 
 sweep = prune_sweep(model, held_out, importance, ks=[1, 2, 3, 4, 6], random_seeds=3,
                     accuracy=True, labels=labels, oracle_examples=24, progress=True)
@@ -92,14 +91,14 @@ sweep.save(OUT / "prune")  # prune.csv, prune.json, prune.md, prune.png
 
 # %% 6. Faithfulness: how close is HeadIG to exact Shapley values on 12 heads?
 from headig.importance import compare
-from headig.validate import coalition_table
+from headig.validation import coalition_table
 
 table = coalition_table(model, attribution_batch)  # J of all 4096 head subsets
 exact = table.to_importance()  # exact Shapley values (same objective and masks)
 print("Spearman HeadIG vs exact Shapley:", round(compare(importance, exact)["spearman"], 3))
 
 # %% 7. Sparse attention: uniform vs importance-adaptive budgets (same total)
-from headig.validate import sparse_sweep
+from headig.validation import sparse_sweep
 
 sparse = sparse_sweep(model, held_out, importance, keeps=(0.2, 0.3, 0.5), accuracy=True,
                       labels=labels)

@@ -7,10 +7,8 @@ import json
 import pytest
 import torch
 
-from headig.estimators import integrated_gradients
+from headig.attribution import STP, MaskedDiffusionObjective, integrated_gradients
 from headig.importance import compare
-from headig.objective import MaskedDiffusionObjective
-from headig.paths import STP
 from headig.validation import (
     EstimatorRun,
     coalition_table,
@@ -35,7 +33,7 @@ MIN_SPEARMAN = 0.9
 def test_stp_ranks_heads_like_exact_shapley_on_the_embedded_model():
     from headig import tasks
     from headig.data import Example, encode_examples
-    from headig.embedded import embedded_examples, load_embedded
+    from headig.toy.embedded import embedded_examples, load_embedded
 
     model, tok = load_embedded()
     raw = tasks.subset(embedded_examples("train"), STP_PER_TASK)

@@ -520,9 +520,8 @@ def test_as_importance_accepts_value_tensor_path_attribution(tmp_path: Path) -> 
 def test_estimator_files_pass_the_consistency_check(loaded, tmp_path: Path,
                                                     postprocess: str) -> None:
     """Real attributions (float64 per example, float32 on disk) load under MEAN_RTOL."""
-    from headig.estimators import integrated_gradients
+    from headig.attribution import DP, integrated_gradients
     from headig.importance import MEAN_RTOL
-    from headig.paths import DP
 
     model, _ = loaded("tiny-llada")
     g = torch.Generator().manual_seed(0)

@@ -15,8 +15,8 @@ pytest.importorskip("lm_eval", reason="headig-dllm needs lm-eval (pip install 'h
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from headig.gating import select_heads  # noqa: E402
 from headig.importance import HeadImportance  # noqa: E402
+from headig.interventions import select_heads  # noqa: E402
 from headig_lmeval.args import (
     ModelArgsError,
     parse_layers,
@@ -82,6 +82,10 @@ def test_unknown_arg_lists_valid_ones():
     assert "Valid arguments" in msg and "mc_num" in msg and "block_length" in msg
 
 
+def test_dense_is_the_new_name_of_standard():
+    assert parse_model_args({"pretrained": "x", "attention": "dense"}).attention == "standard"
+
+
 @pytest.mark.parametrize("kwargs, pattern", [
     ({}, "pretrained is required"),
     ({"prune": "most", "prune_k": 2}, "needs importance"),
@@ -91,7 +95,7 @@ def test_unknown_arg_lists_valid_ones():
     ({"keep": 0.3}, "only apply to sparse attention"),
     ({"attention": "uniform", "min_keep": 0.1}, "only apply to attention=adaptive"),
     ({"attention": "adaptive"}, "needs importance"),
-    ({"attention": "dense"}, "expected one of"),
+    ({"attention": "sparse"}, "expected one of"),
     ({"gen_length": 8, "max_new_tokens": 16}, "conflict"),
     ({"gen_length": 8, "block_length": 3}, "multiple of block_length"),
     ({"gen_length": 8, "block_length": 4, "steps": 3}, "multiple of the number of blocks"),

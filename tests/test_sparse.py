@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from headig.schedule import denoising
+from headig.diffusion.schedule import denoising
 from headig.sparse import (
     BlockPattern,
     BudgetPolicy,
@@ -565,7 +565,7 @@ def test_patch_bad_input(loaded):
 
 
 def test_generate_integration(loaded, golden):
-    generation = pytest.importorskip("headig.generation")
+    generation = pytest.importorskip("headig.diffusion.generation")
     model, _ = loaded("tiny-llada")
     g = golden("tiny-llada")
     prompt = g["generate.prompt"]
@@ -601,7 +601,7 @@ def test_gradients_flow_through_sparse_attention(loaded):
 
 
 def test_dream_generation_integration(loaded, golden):
-    generation = pytest.importorskip("headig.generation")
+    generation = pytest.importorskip("headig.diffusion.generation")
     model, _ = loaded("tiny-dream")
     g = golden("tiny-dream")
     prompt = g["generate.prompt"]

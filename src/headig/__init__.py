@@ -8,18 +8,53 @@ The public API in one place::
     attr.save("scores/")                       # HeadImportance file, positive = helps
     with headig.HeadMask.from_scores(model, attr.scores, "most", k=8):
         ...                                     # the model without its 8 most helpful heads
+
+Where things live (each subpackage's docstring says what it may import):
+
+- :mod:`headig.models` – native LLaDA / Dream, the per-family table, named hook points;
+- :mod:`headig.diffusion` – the masked-diffusion maths: logit alignment, masked CE,
+  masking variants, samplers, likelihood;
+- :mod:`headig.interventions` – one apply/remove lifecycle: :class:`HeadGate`,
+  :class:`HeadMask`; :mod:`headig.sparse` – block-sparse attention and budget policies;
+- :mod:`headig.attribution` – the objective, the batched engine, gate paths, quadrature
+  rules, estimators and the resumable runner;
+- :mod:`headig.importance` – score values and files; :mod:`headig.data` – examples;
+- :mod:`headig.validation` – causal checks (pruning, sparse budgets, faithfulness);
+- :mod:`headig.toy` – synthetic tasks, the tiny-model trainer, the embedded model;
+- :mod:`headig.cli` – the ``headig`` command.
 """
 
-from headig.estimators import (
+from headig.attribution import (
+    DP,
+    STP,
     Attribution,
+    Estimator,
+    ExactShapley,
+    GatePath,
+    GradientAtOnes,
+    IntegratedGradients,
+    LeaveOneOut,
+    MaskedDiffusionObjective,
+    RunFolder,
+    ShapleySampling,
     exact_shapley,
+    get_estimator,
     gradient_at_ones,
     integrated_gradients,
     leave_one_out,
+    register_estimator,
+    register_rule,
     shapley_sampling,
 )
-from headig.gating import HeadGate, HeadMask, layer_range, select_heads
-from headig.importance import HeadImportance, combine, compare
+from headig.importance import HeadImportance, as_importance, combine, compare
+from headig.interventions import (
+    HeadGate,
+    HeadMask,
+    Intervention,
+    layer_range,
+    normalize_layers,
+    select_heads,
+)
 from headig.models import (
     DiffusionLM,
     Family,
@@ -28,28 +63,46 @@ from headig.models import (
     load_tokenizer,
     supported_model_types,
 )
-from headig.objective import MaskedDiffusionObjective
-from headig.paths import DP, STP
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DP", "STP", "Attribution", "DiffusionLM", "Family", "HeadGate", "HeadImportance",
-    "HeadMask", "MaskedDiffusionObjective", "__version__", "combine", "compare",
-    "exact_shapley", "family_of", "gradient_at_ones", "integrated_gradients", "layer_range",
-    "leave_one_out", "load_model", "load_tokenizer", "select_heads", "shapley_sampling",
-    "supported_model_types",
+    "DP", "STP", "Attribution", "BudgetPolicy", "DenseBudget", "DiffusionLM", "Estimator",
+    "ExactShapley", "Family", "GatePath", "GradientAtOnes", "HeadGate", "HeadImportance",
+    "HeadMask", "ImportanceBudget", "IntegratedGradients", "Intervention", "LeaveOneOut",
+    "MaskedDiffusionObjective", "RunFolder", "ShapleySampling", "SparseAttentionPatch",
+    "UniformBudget", "__version__", "as_importance", "budget_policy", "coalition_table",
+    "combine", "compare", "exact_shapley", "family_of", "generate",
+    "get_estimator", "gradient_at_ones", "integrated_gradients", "layer_range",
+    "leave_one_out", "load_model", "load_tokenizer", "loglikelihood", "normalize_layers",
+    "prune_sweep", "register_estimator", "register_rule", "select_heads", "shapley_sampling",
+    "sparse_sweep", "supported_model_types",
 ]
+
+# Heavier or optional pieces load on first use: name -> module that defines it.
+_LAZY = {
+    "SparseAttentionPatch": "headig.sparse",
+    "BudgetPolicy": "headig.sparse",
+    "UniformBudget": "headig.sparse",
+    "ImportanceBudget": "headig.sparse",
+    "DenseBudget": "headig.sparse",
+    "budget_policy": "headig.sparse",
+    "generate": "headig.diffusion.generation",
+    "loglikelihood": "headig.diffusion.likelihood",
+    "prune_sweep": "headig.validation",
+    "sparse_sweep": "headig.validation",
+    "coalition_table": "headig.validation",
+}
 
 
 def __getattr__(name: str):
-    # Heavier or optional pieces load on first use.
-    if name == "SparseAttentionPatch":
-        from headig.sparse import SparseAttentionPatch
-        return SparseAttentionPatch
-    if name in ("generate", "loglikelihood"):
-        import importlib
-        module = importlib.import_module(
-            "headig.generation" if name == "generate" else "headig.likelihood")
-        return getattr(module, name)
-    raise AttributeError(f"module 'headig' has no attribute {name!r}")
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'headig' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

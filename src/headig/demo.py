@@ -84,16 +84,15 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
     Args:
         out: report folder (created; files in it are replaced).
         quick: a smaller budget (fewer examples, k values and keep ratios).
-        model_dir: a folder written by ``python -m headig.train_tiny`` (with
+        model_dir: a folder written by ``python -m headig.toy.train_tiny`` (with
             ``train.jsonl`` / ``eval.jsonl``) instead of the embedded model.
         progress: print stages and progress bars to stderr.
         config: explicit sizes (overrides ``quick``).
         sparse: include the sparse-attention comparison (when headig.sparse is present).
     """
     from headig import tasks
-    from headig.estimators import integrated_gradients
+    from headig.attribution import STP, integrated_gradients
     from headig.models.loading import load_model
-    from headig.paths import STP
     from headig.validation.prune import OracleSettings, PruneSelection, prune_sweep
     from headig.validation.settings import AccuracySettings, EvalSettings
     from headig.validation.sparse import sparse_sweep
@@ -110,7 +109,7 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
 
     # 1. model and data
     if model_dir is None:
-        from headig.embedded import embedded_model_path
+        from headig.toy.embedded import embedded_model_path
 
         model_dir = embedded_model_path()
         model_name = "the embedded tiny model (headig/assets/tiny-dllm)"
@@ -120,7 +119,7 @@ def run_demo(out: str | Path = "headig-report", *, quick: bool = False,
     for name in ("train.jsonl", "eval.jsonl"):
         if not (model_dir / name).is_file():
             raise FileNotFoundError(f"{model_dir} has no {name}; the demo needs a folder written "
-                                    "by python -m headig.train_tiny")
+                                    "by python -m headig.toy.train_tiny")
     say(f"[1/{n_steps}] loading {model_name}")
     model, tokenizer = load_model(model_dir)
     fam = model.family

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from headig.cli._common import DTYPES as CLI_DTYPES
-from headig.generation import DREAM_ALGS
-from headig.generation import REMASKING as _GEN_REMASKING
+from headig.diffusion.generation import DREAM_ALGS
+from headig.diffusion.generation import REMASKING as _GEN_REMASKING
 from headig.importance import ORIGINAL_SIGNS, RANK_BY
 from headig.sparse.budgets import KV_GROUPS as _KV_GROUPS
 from headig.sparse.kernels import KERNELS
@@ -30,7 +30,7 @@ from headig.sparse.patch import MODES as SPARSE_MODES
 # Choice lists come from the library that implements them, so a value the library accepts
 # is a value model_args accepts, and the two cannot drift apart.
 ATTENTION: tuple[str, ...] = SPARSE_MODES
-PRUNE: tuple[str, ...] = ("most", "least", "random")  # headig.gating.select_heads(which=)
+PRUNE: tuple[str, ...] = ("most", "least", "random")  # headig.interventions.select_heads(which=)
 PRUNE_BY: tuple[str, ...] = RANK_BY
 IMPORTANCE_SIGN: tuple[str, ...] = ORIGINAL_SIGNS
 REMASKING: tuple[str, ...] = _GEN_REMASKING
@@ -300,23 +300,21 @@ def parse_layers(value: Any) -> tuple[int, ...] | tuple[str, int, int]:
 
 
 def resolve_layers(spec: tuple | None, n_layers: int) -> list[int] | None:
-    """Absolute, sorted layer indices for a parsed ``layers`` value."""
+    """Absolute, sorted layer indices for a parsed ``layers`` value.
+
+    Resolution (negative indices, ranges, order) is headig's one layer spec; only the
+    model_args spelling is parsed here.
+    """
     if spec is None:
         return None
-    if spec and spec[0] == "range":
-        _, a, b = spec
-        a, b = (a + n_layers if a < 0 else a), (b + n_layers if b < 0 else b)
-        if not 0 <= a <= b < n_layers:
-            raise ModelArgsError(f"layers={spec[1]}:{spec[2]} is not a valid inclusive range "
-                                 f"for a model with {n_layers} layers")
-        return list(range(a, b + 1))
-    out = []
-    for i in spec:
-        j = i + n_layers if i < 0 else i
-        if not 0 <= j < n_layers:
-            raise ModelArgsError(f"layer {i} is out of range for a model with {n_layers} layers")
-        out.append(j)
-    return sorted(set(out))
+    from headig.interventions import layer_range, normalize_layers
+
+    try:
+        if spec and spec[0] == "range":
+            return layer_range(spec[1], spec[2], n_layers)
+        return normalize_layers(list(spec), n_layers)
+    except ValueError as err:
+        raise ModelArgsError(f"layers: {err}") from None
 
 
 def _convert(arg: Arg, value: Any) -> Any:
@@ -366,6 +364,8 @@ def _checks(v: dict[str, Any], given: set[str]) -> None:
     # sparse attention
     sparse_only = [k for k in ("keep", "skip", "block_size", "min_keep", "max_keep",
                                "kv_groups", "min_seq_len", "sparse_kernel") if v[k] is not None]
+    if v["attention"] == "dense":  # the new name; "standard" keeps older cache keys valid
+        v["attention"] = "standard"
     if v["attention"] == "standard":
         need(not sparse_only, f"{sparse_only} only apply to sparse attention; add "
              "attention=uniform or attention=adaptive")

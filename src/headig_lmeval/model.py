@@ -1,14 +1,14 @@
 """``HeadigDLLM``: lm-eval's LM API over headig's LLaDA/Dream models and interventions.
 
-A thin layer: scoring is :func:`headig.likelihood.loglikelihood_batch`, generation is
-:func:`headig.generation.generate`, head removal is :class:`headig.HeadMask` and sparse
+A thin layer: scoring is :func:`headig.diffusion.likelihood.loglikelihood_batch`, generation is
+:func:`headig.diffusion.generation.generate`, head removal is :class:`headig.HeadMask` and sparse
 attention is :class:`headig.sparse.SparseAttentionPatch`. What lives here is the lm-eval
 contract: tokenisation, truncation, batching, stop strings, chat templates, multi-process
 collectives and the response-cache key.
 
 Reproducibility: a request's result depends only on the request and the model arguments,
 never on the batch it shares, its position, the batch size or the process rank. Likelihood
-masks come from ``seed`` alone (see :mod:`headig.likelihood`); greedy generation is
+masks come from ``seed`` alone (see :mod:`headig.diffusion.likelihood`); greedy generation is
 deterministic; sampled generation runs each request with its own generator seeded from
 ``seed`` and the request's token ids.
 """
@@ -26,8 +26,8 @@ import torch
 from lm_eval.api.model import TemplateLM
 
 import headig
-from headig.generation import generate, truncate_at_stop
-from headig.likelihood import loglikelihood_batch
+from headig.diffusion.generation import generate, truncate_at_stop
+from headig.diffusion.likelihood import loglikelihood_batch
 from headig.runtime import (
     dist_info,
     env_dist_info,
@@ -205,7 +205,7 @@ class HeadigDLLM(TemplateLM):
     def _select(self, zeros: torch.Tensor) -> torch.Tensor:
         """The heads to keep (bool [L, H]); raises ModelArgsError for an impossible choice."""
         a = self.args
-        from headig.gating import select_heads
+        from headig.interventions import select_heads
 
         scores = self.importance if self.importance is not None else zeros
         try:
@@ -224,19 +224,19 @@ class HeadigDLLM(TemplateLM):
             self.head_mask = headig.HeadMask(self.model, keep, info).apply()
         if a.attention != "standard":
             try:
-                from headig.sparse import SparseAttentionPatch
+                from headig.sparse import SparseAttentionPatch, budget_from_mode
             except ImportError as err:
                 raise ModelArgsError(f"attention={a.attention} needs headig.sparse, which this "
                                      f"headig install lacks ({err})") from None
-            kwargs = {k: v for k, v in (("keep", a.keep), ("skip", a.skip),
-                                         ("block_size", a.block_size), ("min_keep", a.min_keep),
-                                         ("max_keep", a.max_keep), ("kv_groups", a.kv_groups),
+            kwargs = {k: v for k, v in (("skip", a.skip), ("block_size", a.block_size),
+                                         ("kv_groups", a.kv_groups),
                                          ("min_seq_len", a.min_seq_len),
                                          ("kernel", a.sparse_kernel)) if v is not None}
-            if a.attention == "adaptive":
-                kwargs["importance"] = self.importance
+            importance = self.importance if a.attention == "adaptive" else None
             try:
-                self.sparse = SparseAttentionPatch(self.model, mode=a.attention, **kwargs).apply()
+                budget = budget_from_mode(a.attention, a.keep, importance,
+                                          {"min_keep": a.min_keep, "max_keep": a.max_keep})
+                self.sparse = SparseAttentionPatch(self.model, budget, **kwargs).apply()
             except (TypeError, ValueError) as err:
                 raise ModelArgsError(f"attention={a.attention}: {err}") from None
 

@@ -113,7 +113,7 @@ def add_model_arguments(p: argparse.ArgumentParser | Any, *, default: str | None
 def resolve_model(value: str | None) -> tuple[str, bool]:
     """(checkpoint folder or hub id, is it the embedded model); None means embedded."""
     if value in (None, EMBEDDED):
-        from headig.embedded import embedded_model_path
+        from headig.toy.embedded import embedded_model_path
 
         return str(embedded_model_path()), True
     return str(value), False
@@ -209,7 +209,7 @@ def layers_from_args(args: argparse.Namespace, n_layers: int) -> list[int] | Non
     """The layers named by ``--layer_start/--layer_end``; None when neither was given."""
     if args.layer_start is None and args.layer_end is None:
         return None
-    from headig.gating import layer_range
+    from headig.interventions import layer_range
 
     start = 0 if args.layer_start is None else args.layer_start
     end = -1 if args.layer_end is None else args.layer_end

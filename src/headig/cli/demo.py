@@ -17,7 +17,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a smaller budget (fewer examples and settings), about a third of the time")
     p.add_argument("--model", default=None,
-                   help="a folder written by `python -m headig.train_tiny` instead of the "
+                   help="a folder written by `python -m headig.toy.train_tiny` instead of the "
                         "embedded model")
     p.add_argument("--no_sparse", "--no-sparse", action="store_true",
                    help="skip the sparse-attention comparison")

@@ -22,12 +22,13 @@ from headig.sparse.budgets import (
     uniform_count,
 )
 from headig.sparse.kernels import KERNELS, dense_mask_sparse, flex_sparse, gather_sparse
-from headig.sparse.patch import MODES, SparseAttentionPatch, split_mask
+from headig.sparse.patch import MODES, SparseAttentionPatch, budget_from_mode, split_mask
 from headig.sparse.patterns import BlockPattern, block_scores, build_pattern, select_blocks
 
 __all__ = [
     "KERNELS", "MODES", "BlockPattern", "BudgetPolicy", "DenseBudget", "ImportanceBudget",
-    "SparseAttentionPatch", "UniformBudget", "allocate", "block_scores", "budget_names",
+    "SparseAttentionPatch", "UniformBudget", "allocate", "block_scores", "budget_from_mode",
+    "budget_names",
     "budget_policy", "build_pattern", "dense_mask_sparse", "flex_sparse", "gather_sparse",
     "head_budgets", "importance_weights", "register_budget", "select_blocks", "split_mask",
     "uniform_count",

@@ -6,7 +6,7 @@ layer's attention function (``attn.attn_fn``) and restores the previous one exac
 after an exception or a failure half-way through installing). How many key blocks each
 head keeps is the budget policy's business (:mod:`headig.sparse.budgets`).
 
-Schedule (steps are the 0-based ``state.step`` of :mod:`headig.schedule`):
+Schedule (steps are the 0-based ``state.step`` of :mod:`headig.diffusion.schedule`):
 
 - inside a generation of ``T`` steps, forwards with ``step < floor(skip * T)`` are dense
   (the previous attention function runs unchanged); the first forward with
@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from headig.diffusion.schedule import current_state
 from headig.interventions.base import Intervention
 from headig.interventions.layers import LayerSpec, normalize_layers
-from headig.schedule import current_state
 from headig.sparse.budgets import (
     KV_GROUPS,
     BudgetPolicy,
@@ -89,9 +89,14 @@ _LEGACY_BUDGET_OPTIONS = ("min_keep", "max_keep", "importance_increases_keep", "
                           "strength")
 
 
-def _legacy_budget(mode: str, keep: float | None, importance: Any,
-                   options: dict[str, Any]) -> BudgetPolicy:
-    """The budget policy the older ``mode=...`` call style describes."""
+def budget_from_mode(mode: str, keep: float | None = None, importance: Any = None,
+                     options: dict[str, Any] | None = None) -> BudgetPolicy:
+    """The budget policy that flat settings describe (a mode name, keep, importance, limits).
+
+    For front ends with flat options (the lm-eval model_args, the CLI, the older
+    ``mode=...`` call style): every option is validated in every mode, as it always was.
+    """
+    options = options or {}
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; expected one of {list(MODES)} "
                          "('standard' is the older name of 'dense')")
@@ -151,7 +156,7 @@ class SparseAttentionPatch(Intervention):
     Example:
         >>> budget = ImportanceBudget(imp, keep=0.3)
         >>> with SparseAttentionPatch(model, budget):
-        ...     out = headig.generation.generate(model, ids, steps=256, gen_length=256)
+        ...     out = headig.diffusion.generation.generate(model, ids, steps=256, gen_length=256)
     """
 
     model: nn.Module
@@ -199,7 +204,7 @@ class SparseAttentionPatch(Intervention):
                           "deprecated; pass a budget policy: SparseAttentionPatch(model, "
                           "UniformBudget(keep)) or ImportanceBudget(importance, keep)",
                           DeprecationWarning, stacklevel=2)
-            budget = _legacy_budget(mode or "uniform", keep, importance, legacy)
+            budget = budget_from_mode(mode or "uniform", keep, importance, legacy)
         if kv_groups not in KV_GROUPS:
             raise ValueError(f"kv_groups={kv_groups!r}; expected one of {list(KV_GROUPS)}")
         if kernel not in KERNELS:

@@ -325,7 +325,7 @@ def train(model: DiffusionLM, tokenizer: Any, train_examples: list[tasks.Example
 def head_ablation(model: nn.Module, tokenizer: Any, examples: list[tasks.Example],
                   **loss_kwargs: Any) -> tuple[float, Tensor]:
     """(clean held-out loss, [L, H] loss with each single head zero-ablated)."""
-    from headig.gating import HeadGate
+    from headig.interventions import HeadGate
     from headig.models.family import family_of
 
     fam = family_of(model)

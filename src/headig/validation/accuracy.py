@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from headig.attribution import Item
 from headig.models.family import family_of
-from headig.objective import Item
 from headig.validation.loss import device_of, eval_items
 
 __all__ = ["generation_accuracy", "prompt_length_of"]
@@ -38,7 +38,7 @@ def generation_accuracy(model: nn.Module, batch: Any, *, labels: Mapping[str, st
     """Exact-match accuracy of diffusion generation against each example's completion.
 
     For every example the prompt is given and ``len(completion)`` masked positions are
-    generated with :func:`headig.generation.generate` (the family's own sampler,
+    generated with :func:`headig.diffusion.generation.generate` (the family's own sampler,
     temperature 0, ``steps_per_token`` x length steps, one block); the example is correct
     when every generated token equals the reference. Examples with the same completion
     length share a batch; shorter prompts are left-padded with the pad token, masked as
@@ -52,8 +52,8 @@ def generation_accuracy(model: nn.Module, batch: Any, *, labels: Mapping[str, st
     Returns:
         ``{"accuracy": float, "n": int, "groups": {name: accuracy}, "correct": {id: bool}}``.
     """
-    from headig.gating import HeadMask
-    from headig.generation import generate
+    from headig.diffusion.generation import generate
+    from headig.interventions import HeadMask
 
     items = eval_items(batch)
     if int(steps_per_token) < 1 or int(batch_size) < 1:

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from headig.attribution import Item, MaskedDiffusionObjective, PointRequest, evaluate_points
 from headig.diffusion import has_preceding_row, masked_row_loss, source_rows, token_ce
-from headig.gating import normalize_layers, select_heads
+from headig.interventions import normalize_layers, select_heads
 from headig.models.family import family_of
-from headig.objective import Item, MaskedDiffusionObjective, PointRequest, evaluate_points
 from headig.runtime import progress_bar
 from headig.validation.loss import default_objective, device_of, eval_items
 
@@ -113,7 +113,7 @@ class CoalitionTable:
         """Exact Shapley values of J per head, [L, H] float64 (rows outside ``layers`` 0).
 
         Positive = the head helps. By linearity these equal the mean over examples of
-        per-example Shapley values (:func:`headig.estimators.exact_shapley`, signed).
+        per-example Shapley values (:func:`headig.attribution.exact_shapley`, signed).
         """
         n = self.n
         codes = torch.arange(1 << n)
@@ -215,7 +215,7 @@ def coalition_table(model: nn.Module, batch: Any, *, layers: Sequence[int] | Non
     hidden state after layer l depends only on the gates of layers ≤ l, so layer l runs
     once per distinct prefix (2^(H·(l+1)) rows per input row, not 2^n for every layer);
     rows of equal length are batched without padding. Other models fall back to
-    :func:`headig.objective.evaluate_points`. Both give the attribution objective's J
+    :func:`headig.attribution.evaluate_points`. Both give the attribution objective's J
     (same masks, same weights) up to float32 rounding.
 
     Args:
@@ -258,7 +258,7 @@ def _gate_configs(n: int, baseline: float) -> Tensor:
 def enumerate_generic(model: nn.Module, items: Sequence[Item], obj: MaskedDiffusionObjective,
                       lyr: Sequence[int], *, baseline: float = 0.0, max_rows: int = 4096,
                       progress: bool = False) -> Tensor:
-    """J of every coalition [2^n] through :func:`~headig.objective.evaluate_points` (any model)."""
+    """J of every coalition [2^n] through :func:`~headig.attribution.evaluate_points` (any model)."""
     family = family_of(model)
     n = len(lyr) * family.n_heads
     gates = _gate_configs(n, baseline).to(torch.float32).view(-1, len(lyr), family.n_heads)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from headig.objective import MaskedDiffusionObjective
+from headig.attribution import MaskedDiffusionObjective
 from headig.runtime import progress_bar
 from headig.validation.coalitions import CoalitionTable, coalition_table, ranking_fidelity
 from headig.validation.loss import eval_items
@@ -47,17 +47,16 @@ class EstimatorRun:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def run(self, model: nn.Module, batch: Any, **common: Any) -> Any:
-        from headig.estimators import ESTIMATORS
+        from headig.attribution import canonical_name, functions
 
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; expected one of "
-                             f"{sorted(ESTIMATORS)}")
-        return ESTIMATORS[self.estimator](model, batch, **dict(self.kwargs), **common)
+        # the registry's canonical names are also the names of the thin functions
+        estimate = getattr(functions, canonical_name(self.estimator))
+        return estimate(model, batch, **dict(self.kwargs), **common)
 
 
 def default_grid(name: str = "full") -> list[EstimatorRun]:
     """The estimator grid: ``full`` (docs table), ``quick`` (a few budgets), ``minimal``."""
-    from headig.paths import DP, STP
+    from headig.attribution import DP, STP
 
     if name not in GRIDS:
         raise ValueError(f"grid={name!r}; expected one of {list(GRIDS)}")

@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from headig.models.family import family_of
-from headig.objective import (
+from headig.attribution import (
     Item,
     MaskedDiffusionObjective,
     PointRequest,
     as_items,
     evaluate_points,
 )
+from headig.models.family import family_of
 
 __all__ = ["default_objective", "device_of", "eval_items", "loss_at_masks", "spread"]
 
@@ -35,7 +35,7 @@ def default_objective(objective: MaskedDiffusionObjective | None) -> MaskedDiffu
 
 
 def eval_items(batch: Any) -> list[Item]:
-    """:func:`headig.objective.as_items`, also for :class:`headig.data.EncodedExample` lists.
+    """:func:`headig.attribution.as_items`, also for :class:`headig.data.EncodedExample` lists.
 
     (``EncodedExample.completion_mask`` is a method, which ``as_items`` would read as a
     value, so such objects are passed on as ``prompt_length`` dicts.)
@@ -75,7 +75,7 @@ def loss_at_masks(model: nn.Module, batch: Any, keep: Tensor, *,
     """Held-out masked-diffusion loss with heads removed, for each keep mask.
 
     Args:
-        batch: examples as accepted by :func:`headig.objective.as_items`.
+        batch: examples as accepted by :func:`headig.attribution.as_items`.
         keep: bool [L, H] or [M, L, H] (False = zero-ablate the head).
         objective: the loss (masking variants, normalisation); default
             ``MaskedDiffusionObjective()``, the attribution default. The same masks are
