@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from headig.diffusion.alignment import align_logits
 from headig.diffusion.generation import generate_completions
 from headig.diffusion.loss import masked_row_loss, token_ce
+from headig.diffusion.masking import sample_variant_masks
 
 __all__ = [
     "BOS", "DIGITS", "EOS", "GENERATORS", "LETTERS", "MASK", "SPECIAL_TOKENS", "TASKS", "UNK",
@@ -358,23 +359,21 @@ def masking_variants(pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     p, at least one always; prompt tokens never are. The flags cover prompt+completion.
     Token ids in the result are the *clean* ids; the caller substitutes the mask id.
 
-    One generator seeded by ``seed`` draws all variants in list order, so an example's
-    masks depend on the examples before it; the attribution objective instead uses
-    :func:`headig.diffusion.masking.sample_variant_masks` (seeded per example id). This
-    sampler is kept because the committed ``tiny-dllm`` card reports losses drawn with it.
+    The draws are the attribution objective's own sampler
+    (:func:`headig.diffusion.masking.sample_variant_masks`), keyed by the example's token
+    ids, so an example's masks do not depend on the examples around it.
     """
     if not mask_probs or any(not 0.0 < p <= 1.0 for p in mask_probs) or samples_per_prob < 1:
         raise ValueError(f"mask_probs={list(mask_probs)} must be non-empty values in (0, 1] and "
                          f"samples_per_prob={samples_per_prob} >= 1")
-    gen = torch.Generator().manual_seed(int(seed))
     out = []
     for i, (prompt, comp) in enumerate(pairs):
-        for p in mask_probs:
-            for _ in range(samples_per_prob):
-                m = torch.rand(len(comp), generator=gen) < p
-                if not bool(m.any()):
-                    m[int(torch.randint(len(comp), (1,), generator=gen))] = True
-                out.append((i, [*prompt, *comp], [False] * len(prompt) + m.tolist()))
+        flags = torch.zeros(len(prompt) + len(comp), dtype=torch.bool)
+        flags[len(prompt):] = True
+        masks = sample_variant_masks(flags, example_id=(tuple(prompt), tuple(comp)),
+                                     seed=int(seed), mask_probs=tuple(mask_probs),
+                                     samples_per_prob=int(samples_per_prob))
+        out.extend((i, [*prompt, *comp], m.tolist()) for m in masks)
     return out
 
 
