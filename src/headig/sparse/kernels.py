@@ -31,6 +31,9 @@ log = logging.getLogger("headig.sparse")
 
 KERNELS = ("auto", "flex", "gather", "dense_mask")
 _GATHER_CHUNK_ELEMENTS = 1 << 23  # gathered key elements per chunk (32 MiB in float32)
+# logits elements per chunk of the matmul gather kernel (8 MiB in float32): several query
+# blocks per batched matmul, few enough that the logits tile stays near the cache
+_MATMUL_CHUNK_ELEMENTS = 1 << 21
 
 _compiled: Callable | None = None
 _compile_lock = threading.Lock()
@@ -105,7 +108,90 @@ def flex_sparse(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
 
 def gather_sparse(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
                   key_valid: Tensor | None = None) -> Tensor:
-    """Block-sparse attention by gathering kept key/value blocks and running SDPA on them."""
+    """Block-sparse attention over gathered key/value blocks.
+
+    Without autograd on CPU this runs :func:`_gather_matmul` (batched matmuls, the fastest
+    CPU path measured); with autograd, or on other devices, fused SDPA on the gathered
+    blocks (:func:`_gather_sdpa`), whose backward PyTorch provides.
+    """
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if q.device.type == "cpu" and not grad:
+        return _gather_matmul(q, k, v, pattern, key_valid)
+    return _gather_sdpa(q, k, v, pattern, key_valid)
+
+
+def _flat_block_ids(pattern: BlockPattern, heads: Tensor, c: int, kv: int, g: int) -> Tensor:
+    """Row index into a [B * KV * nb] table of key blocks for each kept block: [B*G*nb, c]."""
+    b, nb = pattern.indices.shape[0], pattern.n_blocks
+    dev = pattern.indices.device
+    base = (torch.arange(b, device=dev).view(b, 1, 1, 1) * kv
+            + (heads.to(dev) // g).view(1, -1, 1, 1)) * nb
+    return (base + pattern.indices[:, heads.to(dev), :, :c].long()).reshape(-1, c)
+
+
+def _gather_matmul(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
+                   key_valid: Tensor | None = None) -> Tensor:
+    """Gather kernel without autograd: per chunk of query blocks, two batched matmuls.
+
+    Why not SDPA here: PyTorch's CPU flash kernel tiles a 128-row query in 32-row pieces,
+    which made SDPA on gathered blocks cost about 2-3x dense SDPA per kept block. A
+    [block, c * block] logits tile per query block is small, so plain ``bmm`` + ``exp`` +
+    ``bmm`` runs near matmul speed. The softmax denominator is applied to the [block, D]
+    output instead of the logits, which saves one pass over them. Computed in float32
+    (or float64 for float64 inputs) and cast back.
+    """
+    b, h, t, d = q.shape
+    kv = k.shape[1]
+    g = h // kv
+    bs = pattern.block_size
+    nb = pattern.n_blocks
+    tp = nb * bs
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qb = (_pad_tokens(q, tp, 2).to(work) * d ** -0.5).reshape(b, h, nb, bs, d)
+    kf = _pad_tokens(k, tp, 2).to(work).reshape(b * kv * nb, bs, d)
+    vf = _pad_tokens(v, tp, 2).to(work).reshape(b * kv * nb, bs, d)
+    if key_valid is None and tp != t:
+        key_valid = torch.ones(b, t, dtype=torch.bool, device=q.device)
+    bias = None
+    if key_valid is not None:  # additive key mask per key block, [B * KV * nb, bs]
+        valid = _pad_tokens(key_valid.to(torch.uint8), tp, 1).bool().view(b, 1, nb, bs)
+        bias = torch.zeros(b, kv, nb, bs, device=q.device, dtype=work)
+        bias.masked_fill_(~valid, float("-inf"))
+        bias = bias.view(b * kv * nb, bs)
+    out = torch.empty(b, h, nb, bs, d, device=q.device, dtype=work)
+    head_counts = pattern.head_counts.to(q.device)
+    for c in torch.unique(head_counts).tolist():
+        heads = torch.nonzero(head_counts == c).flatten()
+        n_h = heads.numel()
+        flat = _flat_block_ids(pattern, heads, c, kv, g)  # [B * n_h * nb, c]
+        every = n_h == h
+        qs = (qb if every else qb[:, heads]).reshape(-1, bs, d)
+        dst = out.view(-1, bs, d) if every else torch.empty_like(qs)
+        units = flat.shape[0]
+        per = max(1, _MATMUL_CHUNK_ELEMENTS // (bs * c * bs))
+        for s in range(0, units, per):
+            e = min(units, s + per)
+            ids = flat[s:e].reshape(-1)
+            ks = kf.index_select(0, ids).view(e - s, c * bs, d)
+            vs = vf.index_select(0, ids).view(e - s, c * bs, d)
+            a = torch.bmm(qs[s:e], ks.transpose(1, 2))  # [n, bs, c * bs]
+            if bias is not None:
+                a += bias.index_select(0, ids).view(e - s, 1, c * bs)
+                top = a.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)  # all-masked rows
+            else:
+                top = a.amax(-1, keepdim=True)
+            a.sub_(top).exp_()
+            denom = a.sum(-1, keepdim=True).clamp_min_(1.0)  # >= 1 unless no key: then out 0
+            torch.bmm(a, vs, out=dst[s:e])
+            dst[s:e].div_(denom)
+        if not every:
+            out[:, heads] = dst.view(b, n_h, nb, bs, d)
+    return out.view(b, h, tp, d)[:, :, :t].to(q.dtype)
+
+
+def _gather_sdpa(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
+                 key_valid: Tensor | None = None) -> Tensor:
+    """Gather kernel through fused SDPA on the gathered blocks (supports autograd)."""
     b, h, t, d = q.shape
     kv = k.shape[1]
     g = h // kv
