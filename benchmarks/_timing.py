@@ -71,8 +71,10 @@ class LoadRecord:
     def report(self) -> str:
         """One line for the output; a WARNING line follows when the machine was loaded."""
         n = cores()
-        line = (f"load average (1/5/15 min) before {_fmt_load(self.before)}, after "
-                f"{_fmt_load(self.after)}; {n} cores")
+        line = f"load average (1/5/15 min) before {_fmt_load(self.before)}"
+        if self.after is not None:
+            line += f", after {_fmt_load(self.after)}"
+        line += f"; {n} cores"
         if self.loaded(n):
             line += (f"\nWARNING: the load average ({self.peak:.2f}) was above the core count "
                      f"({n}); other jobs shared the machine, so these times and ratios are "
