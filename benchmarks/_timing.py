@@ -105,6 +105,32 @@ def time_once(fn: Callable[[], object], device: torch.device | str | None = None
     return time.perf_counter() - start
 
 
+def cpu_time_once(fn: Callable[[], object]) -> float:
+    """CPU seconds this process spends in one call of ``fn`` (all its threads together).
+
+    On a shared machine a 1-thread run's CPU time approximates its wall time on a quiet
+    machine: time spent waiting for a core is not counted. Not meaningful on GPUs.
+    """
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+CLOCKS = ("wall", "cpu")
+
+
+def timer_for(clock: str, device: torch.device | str | None = None,
+              ) -> Callable[[Callable[[], object]], float]:
+    """The sample function of a clock name ("wall" or "cpu")."""
+    if clock == "wall":
+        return lambda fn: time_once(fn, device)
+    if clock == "cpu":
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError("clock='cpu' measures CPU time; use 'wall' on GPUs")
+        return cpu_time_once
+    raise ValueError(f"clock={clock!r}; expected one of {list(CLOCKS)}")
+
+
 @dataclass
 class Spread:
     """Minimum, median and maximum of a set of samples."""

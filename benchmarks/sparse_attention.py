@@ -45,7 +45,16 @@ from headig.sparse import SparseAttentionPatch
 from headig.sparse.kernels import flex_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import LoadRecord, Spread, conditions, interleaved, ratios, time_once  # noqa: E402
+from _timing import (  # noqa: E402
+    CLOCKS,
+    LoadRecord,
+    Spread,
+    conditions,
+    interleaved,
+    ratios,
+    time_once,
+    timer_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +168,7 @@ def _attention_rows(args: argparse.Namespace, layer: OneLayer, importance: torch
                 return attend()
 
         variants[f"{kernel} build"] = build_step
-    samples = interleaved(variants, args.repeats, device=device)
+    samples = interleaved(variants, args.repeats, timer=timer_for(args.clock, device))
     for kernel in args.kernels:
         for keep in args.keeps:
             cells = [_cell(samples, f"{kernel} {name} {keep}")
@@ -177,7 +186,7 @@ def attention_table(args: argparse.Namespace, device: torch.device, dtype: torch
     layer = OneLayer(h, kv)
     importance = torch.randn(1, h, generator=torch.Generator().manual_seed(0))
     print(f"\n## Attention alone: B={b}, H={h}, KV={kv}, D={d}, {dtype}, block "
-          f"{args.block_size}, {args.repeats} interleaved repeats\n")
+          f"{args.block_size}, {args.repeats} interleaved repeats, {args.clock} clock\n")
     print("Cells: median ms (median ratio to dense of the same repeat [min–max]).\n")
     print("| T | keep | kernel | dense ms | uniform 1-shot | uniform reuse | "
           "adaptive 1-shot | adaptive reuse | build step, keep 0.3 |")
@@ -291,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernels", "--kernel", type=_kernel_list, default=["auto"],
                    help="comma-separated kernels to compare side by side (auto, flex, gather, "
                         "dense_mask); the end-to-end part uses the first")
+    p.add_argument("--clock", default="wall", choices=CLOCKS,
+                   help="attention table: wall time, or process CPU time (with --threads 1 on "
+                        "a shared machine, an estimate of quiet wall time)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on CUDA, float32 on CPU")
