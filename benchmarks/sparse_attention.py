@@ -42,7 +42,7 @@ from torch import nn
 from headig.models.modeling import sdpa_attention
 from headig.schedule import denoising
 from headig.sparse import SparseAttentionPatch
-from headig.sparse.kernels import flex_available
+from headig.sparse.kernels import KERNELS, flex_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402
@@ -100,7 +100,7 @@ def _floats(text: str) -> list[float]:
 
 def _kernel_list(text: str) -> list[str]:
     names = [x for x in text.split(",") if x]
-    bad = [x for x in names if x not in ("auto", "flex", "gather", "dense_mask")]
+    bad = [x for x in names if x not in KERNELS]
     if bad or not names:
         raise argparse.ArgumentTypeError(f"unknown kernel(s) {bad}")
     return names
@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--kernels", "--kernel", type=_kernel_list, default=["auto"],
-                   help="comma-separated kernels to compare side by side (auto, flex, gather, "
-                        "dense_mask); the end-to-end part uses the first")
+                   help=f"comma-separated kernels to compare side by side ({', '.join(KERNELS)}); "
+                        "the end-to-end part uses the first")
     p.add_argument("--clock", default="wall", choices=CLOCKS,
                    help="attention table: wall time, or process CPU time (with --threads 1 on "
                         "a shared machine, an estimate of quiet wall time)")

@@ -90,17 +90,27 @@ def test_low_precision_and_float64_inputs():
     torch.testing.assert_close(out64, ref, atol=1e-12, rtol=1e-10)
 
 
-def test_gather_dispatch_uses_sdpa_under_autograd():
+@pytest.mark.parametrize("name", ["gather", "gather_mm", "dense_mask"])
+def test_every_named_kernel_matches_reference(name):
+    q, k, v, pattern, key_valid = _case(9)
+    for mask in (key_valid, None):
+        out = kernels.run_kernel(name, q, k, v, pattern, mask)
+        torch.testing.assert_close(out.double(), _reference(q, k, v, pattern, mask),
+                                   atol=2e-6, rtol=1e-5)
+    assert name in kernels.KERNELS
+
+
+def test_gather_mm_uses_sdpa_under_autograd():
     q, k, v, pattern, key_valid = _case(7)
     q = q.clone().requires_grad_(True)
-    out = kernels.gather_sparse(q, k, v, pattern, key_valid)
+    out = kernels.gather_mm_sparse(q, k, v, pattern, key_valid)
     assert out.requires_grad
     out.square().sum().backward()
     qd = q.detach().double().requires_grad_(True)
     _reference(qd, k, v, pattern, key_valid).square().sum().backward()
     torch.testing.assert_close(q.grad.double(), qd.grad, atol=1e-5, rtol=1e-4)
     with torch.no_grad():
-        torch.testing.assert_close(kernels.gather_sparse(q, k, v, pattern, key_valid),
+        torch.testing.assert_close(kernels.gather_mm_sparse(q, k, v, pattern, key_valid),
                                    out.detach(), atol=2e-6, rtol=1e-5)
 
 

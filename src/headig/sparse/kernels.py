@@ -6,8 +6,12 @@
   mask function is used only for key padding. Uncompiled flex_attention ignores the
   indices, so it is never used.
 - ``"gather"``: pure PyTorch fallback: for each group of heads with the same budget, gather
-  the kept key/value blocks of a chunk of query blocks and run fused SDPA on them. Works
-  wherever SDPA does; slower than flex but still sub-dense at long lengths.
+  the kept key/value blocks of a chunk of query blocks (``index_select`` on a flat table of
+  blocks) and run fused SDPA on them. Works wherever SDPA does, with autograd.
+- ``"gather_mm"``: the same gathered blocks, attended with two batched matmuls and an
+  unnormalised ``exp`` (the softmax denominator is applied to the output); no fused kernel,
+  so its speed does not depend on how SDPA tiles a one-block query. Without autograd only
+  (with autograd it runs ``gather``).
 - ``"dense_mask"``: SDPA with the pattern expanded to a token mask; the reference (never
   faster than dense), also used for attention masks that are not key-padding masks.
 
@@ -29,11 +33,11 @@ from headig.sparse.patterns import BlockPattern, _pad_tokens
 
 log = logging.getLogger("headig.sparse")
 
-KERNELS = ("auto", "flex", "gather", "dense_mask")
+KERNELS = ("auto", "flex", "gather", "gather_mm", "dense_mask")
 _GATHER_CHUNK_ELEMENTS = 1 << 23  # gathered key elements per chunk (32 MiB in float32)
-# logits elements per chunk of the matmul gather kernel (8 MiB in float32): several query
-# blocks per batched matmul, few enough that the logits tile stays near the cache
-_MATMUL_CHUNK_ELEMENTS = 1 << 21
+# logits elements per chunk of gather_mm (16 MiB in float32): several query blocks per
+# batched matmul; smaller chunks mean more parallel regions, which a busy machine punishes
+_MATMUL_CHUNK_ELEMENTS = 1 << 22
 
 _compiled: Callable | None = None
 _compile_lock = threading.Lock()
@@ -108,16 +112,25 @@ def flex_sparse(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
 
 def gather_sparse(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
                   key_valid: Tensor | None = None) -> Tensor:
-    """Block-sparse attention over gathered key/value blocks.
+    """Block-sparse attention over gathered key/value blocks: fused SDPA per query block.
 
-    Without autograd on CPU this runs :func:`_gather_matmul` (batched matmuls, the fastest
-    CPU path measured); with autograd, or on other devices, fused SDPA on the gathered
-    blocks (:func:`_gather_sdpa`), whose backward PyTorch provides.
+    Works wherever SDPA does, with autograd. See :func:`gather_mm_sparse` for the variant
+    that replaces SDPA by batched matmuls.
+    """
+    return _gather_sdpa(q, k, v, pattern, key_valid)
+
+
+def gather_mm_sparse(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
+                     key_valid: Tensor | None = None) -> Tensor:
+    """Gather kernel with batched matmuls instead of SDPA (no autograd: falls back to SDPA).
+
+    Kernel name ``"gather_mm"``. Which of ``gather`` and ``gather_mm`` is faster depends on
+    the machine and its load; ``benchmarks/sparse_attention.py --kernels`` measures both.
     """
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if q.device.type == "cpu" and not grad:
-        return _gather_matmul(q, k, v, pattern, key_valid)
-    return _gather_sdpa(q, k, v, pattern, key_valid)
+    if grad:
+        return _gather_sdpa(q, k, v, pattern, key_valid)
+    return _gather_matmul(q, k, v, pattern, key_valid)
 
 
 def _flat_block_ids(pattern: BlockPattern, heads: Tensor, c: int, kv: int, g: int) -> Tensor:
@@ -191,7 +204,12 @@ def _gather_matmul(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
 
 def _gather_sdpa(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
                  key_valid: Tensor | None = None) -> Tensor:
-    """Gather kernel through fused SDPA on the gathered blocks (supports autograd)."""
+    """Gather kernel through fused SDPA on the gathered blocks (supports autograd).
+
+    Kept blocks are copied with ``index_select`` from a flat [B * KV * nb] table of blocks
+    (one contiguous copy per block, cheaper than multi-dimensional advanced indexing), a
+    chunk of query blocks at a time, and each query block attends to its ``c`` blocks.
+    """
     b, h, t, d = q.shape
     kv = k.shape[1]
     g = h // kv
@@ -201,33 +219,35 @@ def _gather_sdpa(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
     if key_valid is None and tp != t:
         key_valid = torch.ones(b, t, dtype=torch.bool, device=q.device)
     qb = _pad_tokens(q, tp, 2).reshape(b, h, nb, bs, d)
-    kb = _pad_tokens(k, tp, 2).reshape(b, kv, nb, bs, d)
-    vb = _pad_tokens(v, tp, 2).reshape(b, kv, nb, bs, d)
-    kvb = None
-    if key_valid is not None:
-        kvb = _pad_tokens(key_valid.to(torch.uint8), tp, 1).bool().view(b, nb, bs)
+    kf = _pad_tokens(k, tp, 2).reshape(b * kv * nb, bs, d)
+    vf = _pad_tokens(v, tp, 2).reshape(b * kv * nb, bs, d)
+    valid = None
+    if key_valid is not None:  # [B * KV * nb, bs], indexed like the key blocks
+        valid = (_pad_tokens(key_valid.to(torch.uint8), tp, 1).bool().view(b, 1, nb, bs)
+                 .expand(b, kv, nb, bs).reshape(b * kv * nb, bs))
     out = torch.zeros(b, h, nb, bs, d, device=q.device, dtype=q.dtype)
     head_counts = pattern.head_counts.to(q.device)
-    bi = torch.arange(b, device=q.device).view(b, 1, 1, 1)
     for c in torch.unique(head_counts).tolist():
         heads = torch.nonzero(head_counts == c).flatten()
         n_h = heads.numel()
-        idx = pattern.indices[:, heads, :, :c].long()  # [B, G, nb, c]
-        kv_heads = (heads // g).view(1, n_h, 1, 1)
-        per = max(1, _GATHER_CHUNK_ELEMENTS // max(1, b * n_h * c * bs * d))
-        for s in range(0, nb, per):
-            e = min(nb, s + per)
-            ii = idx[:, :, s:e]
-            ks = kb[bi, kv_heads, ii].reshape(b * n_h * (e - s), 1, c * bs, d)
-            vs = vb[bi, kv_heads, ii].reshape(b * n_h * (e - s), 1, c * bs, d)
-            qs = qb[:, heads, s:e].reshape(b * n_h * (e - s), 1, bs, d)
-            mask = None
-            if kvb is not None:
-                mask = kvb[bi, ii].reshape(b * n_h * (e - s), 1, 1, c * bs)
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)
+        every = n_h == h
+        flat = _flat_block_ids(pattern, heads, c, kv, g)  # [B * n_h * nb, c]
+        qs = (qb if every else qb[:, heads]).reshape(-1, 1, bs, d)
+        dst = out.view(-1, 1, bs, d) if every else torch.zeros_like(qs)
+        units = flat.shape[0]
+        per = max(1, _GATHER_CHUNK_ELEMENTS // (c * bs * d))
+        for s in range(0, units, per):
+            e = min(units, s + per)
+            ids = flat[s:e].reshape(-1)
+            ks = kf.index_select(0, ids).view(e - s, 1, c * bs, d)
+            vs = vf.index_select(0, ids).view(e - s, 1, c * bs, d)
+            mask = None if valid is None else valid.index_select(0, ids).view(e - s, 1, 1, c * bs)
+            o = F.scaled_dot_product_attention(qs[s:e], ks, vs, attn_mask=mask)
             if mask is not None:
                 o = o.masked_fill(~mask.any(-1, keepdim=True), 0.0)
-            out[:, heads, s:e] = o.view(b, n_h, e - s, bs, d)
+            dst[s:e] = o
+        if not every:
+            out[:, heads] = dst.view(b, n_h, nb, bs, d)
     return out.view(b, h, tp, d)[:, :, :t]
 
 
@@ -246,11 +266,13 @@ def dense_mask_sparse(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
 
 def run_kernel(name: str, q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
                key_valid: Tensor | None = None) -> Tensor:
-    """Dispatch to a named kernel ("flex", "gather" or "dense_mask")."""
+    """Dispatch to a named kernel ("flex", "gather", "gather_mm" or "dense_mask")."""
     if name == "flex":
         return flex_sparse(q, k, v, pattern, key_valid)
     if name == "gather":
         return gather_sparse(q, k, v, pattern, key_valid)
+    if name == "gather_mm":
+        return gather_mm_sparse(q, k, v, pattern, key_valid)
     if name == "dense_mask":
         return dense_mask_sparse(q, k, v, pattern, key_valid)
     raise ValueError(f"kernel={name!r}; expected one of {list(KERNELS[1:])}")
