@@ -12,6 +12,12 @@ Speed (default):
       per masking variant and one backward per IG point: P·K·V forwards, P·K backwards) at
       equal settings and with the same thresholds and masks, so the scores must agree.
 
+Time to a converged score (``--convergence``): (d) every method of :func:`methods` at
+K = 2, 4, 8, … until the aggregate completeness residual is ≤ ``--conv-tol`` (2%) and the
+Spearman correlation with a long reference run is ≥ ``--conv-spearman`` (0.95); wall time
+and speed-up vs the original sequential algorithm, on the fixtures and a random 8×8-head
+model with 512-token sequences. The load average is printed before and after.
+
 Accuracy (``--accuracy``) on the tiny fixtures: completeness residual vs steps for DP/STP
 x rules, and agreement of every estimator with exact Shapley values.
 
@@ -21,6 +27,7 @@ Every timing is the median of ``--repeats`` runs after a warm-up.
 
     python benchmarks/attribution.py                 # speed, a few minutes on 2 CPU cores
     python benchmarks/attribution.py --accuracy      # + the accuracy study
+    python benchmarks/attribution.py --convergence-only   # (d) only
     python benchmarks/attribution.py --device cuda --big-layers 8 --big-seq 512
 """
 

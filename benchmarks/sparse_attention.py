@@ -22,6 +22,7 @@ Example (the defaults; several minutes on 2 CPU cores)::
     python benchmarks/sparse_attention.py
     python benchmarks/sparse_attention.py --lengths 8192 --keeps 0.3 --kernels auto,flex,gather \
         --threads 2 --skip-e2e
+    python benchmarks/sparse_attention.py --threads 1 --clock cpu --lengths 8192 --skip-e2e
     python benchmarks/sparse_attention.py --device cuda --dtype bfloat16 \\
         --lengths 4096,16384,65536 --heads 32
 """
