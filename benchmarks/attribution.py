@@ -380,13 +380,13 @@ class Method:
 
 
 def _headig_method(label: str, make_path: Callable[[], Any], rule: str | None,
-                   **extra: Any) -> Method:
+                   max_steps: int | None = None, **extra: Any) -> Method:
     def run(model, batch, steps, obj, delta_j):
         a = integrated_gradients(model, batch, path=make_path(), steps=steps, rule=rule,
                                  objective=obj, internal_batch_size=64,
                                  return_per_example=False, **extra)
         return a.scores, a.residual
-    return Method(label, run)
+    return Method(label, run, max_steps)
 
 
 def _original_method(args: argparse.Namespace, samples: int) -> Method:
@@ -407,6 +407,8 @@ def methods(args: argparse.Namespace) -> list[Method]:
         _headig_method(f"headig default: STP P={p}, trapezoid", lambda: STP(samples=p), None),
         _headig_method(f"headig: STP P={p}, gauss_legendre", lambda: STP(samples=p),
                        "gauss_legendre"),
+        _headig_method(f"headig: STP P={p}, ramp_gauss (K nodes per ramp)",
+                       lambda: STP(samples=p), "ramp_gauss", max_steps=8),  # K x heads points
         _headig_method("headig: DP, trapezoid", DP, "trapezoid"),
         _headig_method("headig: DP, gauss_legendre", DP, "gauss_legendre"),
     ]
@@ -427,7 +429,7 @@ def _ladder(args: argparse.Namespace, method: Method, model, batch, obj, delta_j
     """Run ``method`` at K = 2, 4, 8, … until residual ≤ tol and Spearman ≥ target."""
     cap = method.max_steps or args.conv_max_steps
     sync = syncer(args.device)
-    found: dict[str, Any] = {"res": None, "both": None, "last": None}
+    found: dict[str, Any] = {"res": None, "both": None, "last": None, "prev": None}
     steps = 2
     while steps <= cap:
         sync()
@@ -440,7 +442,7 @@ def _ladder(args: argparse.Namespace, method: Method, model, batch, obj, delta_j
         point = {"steps": steps, "s": secs, "res": res, "rho": rho}
         print(f"(conv) {method.label} K={steps}: {secs:.2f}s residual {res:.4f} "
               f"spearman {rho:.3f}", file=sys.stderr, flush=True)
-        found["last"] = point
+        found["prev"], found["last"] = found["last"], point
         if found["res"] is None and res <= args.conv_tol:
             found["res"] = point
         if found["both"] is None and res <= args.conv_tol and rho >= args.conv_spearman:
@@ -451,13 +453,22 @@ def _ladder(args: argparse.Namespace, method: Method, model, batch, obj, delta_j
 
 
 def _extrapolated(found: dict[str, Any], tol: float) -> dict[str, Any] | None:
-    """Where the right rule (error ∝ 1/K, cost ∝ K) would reach ``tol`` from its last K."""
-    last = found["last"]
-    if last is None or last["res"] <= 0:
+    """Where a method would reach ``tol``, from its last two K: residual ≈ a/K + floor.
+
+    Cost is taken as ∝ K. None when the fitted floor is at or above ``tol`` (more steps
+    alone would not get there) or when there are not two points to fit.
+    """
+    last, prev = found["last"], found["prev"]
+    if last is None or prev is None:
         return None
-    factor = max(1.0, last["res"] / tol)
-    return {"steps": math.ceil(last["steps"] * factor), "s": last["s"] * factor,
-            "res": tol, "rho": float("nan"), "extrapolated": True}
+    k1, k2 = prev["steps"], last["steps"]
+    a = (prev["res"] - last["res"]) / (1 / k1 - 1 / k2)
+    floor = last["res"] - a / k2
+    if a <= 0 or floor >= tol:
+        return None
+    steps = math.ceil(a / (tol - floor))
+    return {"steps": steps, "s": last["s"] * steps / k2, "res": tol, "rho": float("nan"),
+            "extrapolated": True}
 
 
 def _fmt_point(point: dict[str, Any] | None, base: dict[str, Any] | None) -> list[str]:
