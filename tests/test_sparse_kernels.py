@@ -123,6 +123,15 @@ def test_full_pattern_equals_dense_sdpa():
                                atol=1e-6, rtol=1e-5)
 
 
+def test_auto_kernel_choice(monkeypatch):
+    assert kernels.auto_kernel("cpu", grad=True) == "gather"  # no CPU flex backward
+    expected = "flex" if kernels.flex_available("cpu") else "gather"
+    assert kernels.auto_kernel("cpu", grad=False) == expected
+    monkeypatch.setattr(kernels, "AUTO_CPU_KERNEL", "gather_mm")
+    assert kernels.auto_kernel("cpu", grad=False) == "gather_mm"
+    assert kernels.auto_kernel("cpu", grad=True) == "gather"
+
+
 # ----------------------------------------------------------------------------- harness
 
 

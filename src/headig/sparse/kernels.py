@@ -58,6 +58,28 @@ def flex_available(device: torch.device | str) -> bool:
     return dev not in _flex_broken
 
 
+# What ``auto`` runs on CPU without autograd when compiled flex works. One constant, so that
+# the choice follows the kernel table of docs/sparse-attention.md (measured with
+# ``benchmarks/sparse_attention.py --kernels auto,flex,gather,gather_mm`` on a quiet machine).
+AUTO_CPU_KERNEL = "flex"
+
+
+def auto_kernel(device: torch.device | str, *, grad: bool) -> str:
+    """The concrete kernel ``kernel="auto"`` stands for on this device.
+
+    CPU flex_attention has no backward, so CPU autograd gets ``gather``; without autograd,
+    CPU gets :data:`AUTO_CPU_KERNEL`; other devices get compiled flex where it works and
+    ``gather`` elsewhere.
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        if grad:
+            return "gather"
+        if AUTO_CPU_KERNEL != "flex":
+            return AUTO_CPU_KERNEL
+    return "flex" if flex_available(dev) else "gather"
+
+
 def mark_flex_broken(device: torch.device | str, reason: str) -> None:
     _flex_broken[torch.device(device).type] = reason
 
