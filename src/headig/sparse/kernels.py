@@ -168,12 +168,13 @@ def _gather_matmul(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
                    key_valid: Tensor | None = None) -> Tensor:
     """Gather kernel without autograd: per chunk of query blocks, two batched matmuls.
 
-    Why not SDPA here: PyTorch's CPU flash kernel tiles a 128-row query in 32-row pieces,
-    which made SDPA on gathered blocks cost about 2-3x dense SDPA per kept block. A
-    [block, c * block] logits tile per query block is small, so plain ``bmm`` + ``exp`` +
-    ``bmm`` runs near matmul speed. The softmax denominator is applied to the [block, D]
-    output instead of the logits, which saves one pass over them. Computed in float32
-    (or float64 for float64 inputs) and cast back.
+    Why it exists: PyTorch's CPU flash kernel tiles a query shorter than 192 rows in 32-row
+    pieces, so SDPA on one 128-token query block may run below matmul speed; here a
+    [block, c * block] logits tile per query block goes through plain ``bmm`` + ``exp`` +
+    ``bmm``. The softmax denominator is applied to the [block, D] output instead of the
+    logits, which saves one pass over them. It issues more (smaller) parallel regions than
+    ``gather``, which costs more when other jobs hold the cores. Computed in float32 (or
+    float64 for float64 inputs) and cast back.
     """
     b, h, t, d = q.shape
     kv = k.shape[1]
