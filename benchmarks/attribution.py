@@ -12,6 +12,12 @@ Speed (default):
       per masking variant and one backward per IG point: P·K·V forwards, P·K backwards) at
       equal settings and with the same thresholds and masks, so the scores must agree.
 
+Time to a converged score (``--convergence``): (d) every method of :func:`methods` at
+K = 2, 4, 8, … until the aggregate completeness residual is ≤ ``--conv-tol`` (2%) and the
+Spearman correlation with a long reference run is ≥ ``--conv-spearman`` (0.95); wall time
+and speed-up vs the original sequential algorithm, on the fixtures and a random 8×8-head
+model with 512-token sequences. The load average is printed before and after.
+
 Accuracy (``--accuracy``) on the tiny fixtures: completeness residual vs steps for DP/STP
 x rules, and agreement of every estimator with exact Shapley values.
 
@@ -21,16 +27,19 @@ Every timing is the median of ``--repeats`` runs after a warm-up.
 
     python benchmarks/attribution.py                 # speed, a few minutes on 2 CPU cores
     python benchmarks/attribution.py --accuracy      # + the accuracy study
+    python benchmarks/attribution.py --convergence-only   # (d) only
     python benchmarks/attribution.py --device cuda --big-layers 8 --big-seq 512
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +65,9 @@ from headig.objective import (
     seed_from,
 )
 from headig.paths import DP, STP
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import LoadRecord, conditions  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
@@ -181,7 +193,8 @@ def gate_overhead(model, item_batch, objective, rows: int, repeats: int, device:
 # ----------------------------------------------------------------------------- (c) original
 def original_sequential(model, batch, objective: MaskedDiffusionObjective, path: Any,
                         steps: int, baseline: float, seed: int,
-                        path_samples: int | None = None) -> torch.Tensor:
+                        path_samples: int | None = None,
+                        per_example: bool = False) -> torch.Tensor:
     """The original algorithm as it ran: per example, per path sample, per IG point
     τ_k = k/K, one batch-1 forward per masking variant computing the full logits (graph
     kept over the variants), one backward, right-Riemann accumulation
@@ -190,7 +203,8 @@ def original_sequential(model, batch, objective: MaskedDiffusionObjective, path:
     For a comparable result it uses headig's thresholds and masks (the V draws, duplicates
     included) and applies Dream's logit shift, which the original forgot. With a
     deterministic path (DP) it repeats the identical path ``path_samples`` times, as the
-    original did. Returns scores [L, H] with headig's sign (positive = helps).
+    original did. Returns scores [L, H] with headig's sign (positive = helps), or [N, L, H]
+    per example with ``per_example``.
     """
     import torch.nn.functional as F
 
@@ -199,7 +213,7 @@ def original_sequential(model, batch, objective: MaskedDiffusionObjective, path:
     layers = list(range(family.n_layers))
     shape = (family.n_layers, family.n_heads)
     shift = family.logit_shift
-    per_example = []
+    examples = []
     for item in as_items(batch):
         var = objective.variants(item)
         total = int(objective.mask_samples_per_prob) * len(objective.mask_probs)
@@ -232,8 +246,9 @@ def original_sequential(model, batch, objective: MaskedDiffusionObjective, path:
                     (grad,) = torch.autograd.grad(loss, g)
                 ig += grad.double().cpu() * (a - prev)
                 prev = a
-        per_example.append(-ig / len(ramps))  # IG of the loss -> IG of J = -loss
-    return torch.stack(per_example).mean(0).float()
+        examples.append(-ig / len(ramps))  # IG of the loss -> IG of J = -loss
+    stacked = torch.stack(examples)
+    return stacked.float() if per_example else stacked.mean(0).float()
 
 
 # ----------------------------------------------------------------------------- speed
@@ -349,6 +364,182 @@ def speed(args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+# ----------------------------------------------------------------------------- convergence
+@dataclass(frozen=True)
+class Method:
+    """One way to compute a score, run at increasing ``steps`` until it converges.
+
+    ``run(model, batch, steps, objective, delta_j)`` returns the mean scores [L, H] and the
+    completeness residual per example [N] (``delta_j`` = J(1) − J(α0) per example, for
+    methods that do not report it). Adding a configuration is one line in :func:`methods`.
+    """
+
+    label: str
+    run: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    max_steps: int | None = None  # ladder cap for this method (None: --conv-max-steps)
+
+
+def _headig_method(label: str, make_path: Callable[[], Any], rule: str | None,
+                   max_steps: int | None = None, **extra: Any) -> Method:
+    def run(model, batch, steps, obj, delta_j):
+        a = integrated_gradients(model, batch, path=make_path(), steps=steps, rule=rule,
+                                 objective=obj, internal_batch_size=64,
+                                 return_per_example=False, **extra)
+        return a.scores, a.residual
+    return Method(label, run, max_steps)
+
+
+def _original_method(args: argparse.Namespace, samples: int) -> Method:
+    def run(model, batch, steps, obj, delta_j):
+        per = original_sequential(model, batch, obj, STP(samples=samples), steps, 0.0, 0,
+                                  per_example=True)
+        return per.mean(0), per.double().sum((1, 2)) - delta_j
+    return Method(f"original sequential: STP P={samples}, right", run, args.orig_max_steps)
+
+
+def methods(args: argparse.Namespace) -> list[Method]:
+    """The configurations compared; the first is the baseline of the speed-ups."""
+    p = args.conv_path_samples
+    return [
+        _original_method(args, p),
+        _headig_method(f"headig: STP P={p}, right (same math, batched)",
+                       lambda: STP(samples=p), "right"),
+        _headig_method(f"headig default: STP P={p}, trapezoid", lambda: STP(samples=p), None),
+        _headig_method(f"headig: STP P={p}, gauss_legendre", lambda: STP(samples=p),
+                       "gauss_legendre"),
+        _headig_method(f"headig: STP P={p}, ramp_gauss (K nodes per ramp)",
+                       lambda: STP(samples=p), "ramp_gauss", max_steps=8),  # K x heads points
+        _headig_method("headig: DP, trapezoid", DP, "trapezoid"),
+        _headig_method("headig: DP, gauss_legendre", DP, "gauss_legendre"),
+    ]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two score maps (ties broken by position)."""
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        r = torch.empty(x.numel(), dtype=torch.float64)
+        r[x.flatten().argsort()] = torch.arange(x.numel(), dtype=torch.float64)
+        return r - r.mean()
+    ra, rb = ranks(a), ranks(b)
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def _ladder(args: argparse.Namespace, method: Method, model, batch, obj, delta_j,
+            reference: torch.Tensor) -> dict[str, Any]:
+    """Run ``method`` at K = 2, 4, 8, … until residual ≤ tol and Spearman ≥ target."""
+    cap = method.max_steps or args.conv_max_steps
+    sync = syncer(args.device)
+    found: dict[str, Any] = {"res": None, "both": None, "last": None, "prev": None}
+    steps = 2
+    while steps <= cap:
+        sync()
+        t0 = time.perf_counter()
+        scores, residual = method.run(model, batch, steps, obj, delta_j)
+        sync()
+        secs = time.perf_counter() - t0
+        res = float(residual.abs().sum() / delta_j.abs().sum())
+        rho = spearman(scores, reference)
+        point = {"steps": steps, "s": secs, "res": res, "rho": rho}
+        print(f"(conv) {method.label} K={steps}: {secs:.2f}s residual {res:.4f} "
+              f"spearman {rho:.3f}", file=sys.stderr, flush=True)
+        found["prev"], found["last"] = found["last"], point
+        if found["res"] is None and res <= args.conv_tol:
+            found["res"] = point
+        if found["both"] is None and res <= args.conv_tol and rho >= args.conv_spearman:
+            found["both"] = point
+            break
+        steps *= 2
+    return found
+
+
+def _extrapolated(found: dict[str, Any], tol: float) -> dict[str, Any] | None:
+    """Where a method would reach ``tol``, from its last two K: residual ≈ a/K + floor.
+
+    Cost is taken as ∝ K. None when the fitted floor is at or above ``tol`` (more steps
+    alone would not get there) or when there are not two points to fit.
+    """
+    last, prev = found["last"], found["prev"]
+    if last is None or prev is None:
+        return None
+    k1, k2 = prev["steps"], last["steps"]
+    a = (prev["res"] - last["res"]) / (1 / k1 - 1 / k2)
+    floor = last["res"] - a / k2
+    if a <= 0 or floor >= tol:
+        return None
+    steps = math.ceil(a / (tol - floor))
+    return {"steps": steps, "s": last["s"] * steps / k2, "res": tol, "rho": float("nan"),
+            "extrapolated": True}
+
+
+def _fmt_point(point: dict[str, Any] | None, base: dict[str, Any] | None) -> list[str]:
+    """K, seconds and speed-up; ``> x`` when the base never got there (its time at its
+    largest K is then a lower bound on what it would need)."""
+    if point is None:
+        return ["not reached", "", ""]
+    mark = " (extrap.)" if point.get("extrapolated") else ""
+    speed = ""
+    if base is not None:
+        bound = "> " if base.get("unreached") else ""
+        speed = f"{bound}{base['s'] / point['s']:.1f}x"
+    return [f"{point['steps']}{mark}", f"{point['s']:.2f}{mark}", speed]
+
+
+def convergence_for_model(args: argparse.Namespace, label: str, model, batch) -> list[list[str]]:
+    obj = MaskedDiffusionObjective(mask_probs=args.mask_probs,
+                                   mask_samples_per_prob=args.mask_samples, seed=0)
+    ref = integrated_gradients(model, batch, path=STP(samples=args.ref_path_samples),
+                               steps=args.ref_steps, objective=obj, internal_batch_size=64,
+                               return_per_example=False)
+    delta_j = (ref.j_full - ref.j_baseline).double()
+    ref_res = float(ref.residual.abs().sum() / delta_j.abs().sum())
+    print(f"(conv) {label}: reference STP P={args.ref_path_samples} trapezoid "
+          f"K={args.ref_steps}, residual {ref_res:.4f}", file=sys.stderr, flush=True)
+    rows = []
+    base_res = base_both = None
+    for i, method in enumerate(methods(args)):
+        found = _ladder(args, method, model, batch, obj, delta_j, ref.scores)
+        res_pt = found["res"]
+        if i == 0 and res_pt is None:
+            res_pt = _extrapolated(found, args.conv_tol)
+        if i == 0:
+            unreached = dict(found["last"] or {}, unreached=True) if found["last"] else None
+            base_res = res_pt or unreached
+            base_both = found["both"] or res_pt or unreached
+        last = found["last"] or {"steps": "", "res": float("nan"), "rho": float("nan")}
+        rows.append([label, method.label, *_fmt_point(res_pt, base_res),
+                     *_fmt_point(found["both"], base_both),
+                     f"K={last['steps']}: {last['res']:.3g} / {last['rho']:.3f}"])
+    return rows
+
+
+def convergence(args: argparse.Namespace) -> str:
+    cases = []
+    for name in args.conv_models:
+        if name == "random":
+            big = random_llada(args.conv_layers, args.conv_heads, args.big_d,
+                               device=args.device)
+            cases.append((big.name_or_path + f" T={args.conv_seq}", big,
+                          random_batch(args.conv_big_examples, args.conv_seq,
+                                       args.conv_seq * 3 // 4, big.family.arch.vocab_size,
+                                       seed=2)))
+            continue
+        m, _ = headig.load_model(FIXTURES / name, device=args.device, tokenizer=False)
+        cases.append((name, m, random_batch(args.conv_tiny_examples, 64, 32,
+                                            m.family.arch.vocab_size, seed=2)))
+    rows = []
+    for label, model, batch in cases:
+        rows += convergence_for_model(args, label, model, batch)
+    tol = f"{args.conv_tol:.0%}"
+    return table(
+        f"(d) time to a converged score (s): first K (of 2, 4, 8, …) whose aggregate "
+        f"completeness residual is ≤ {tol}, and ≤ {tol} with Spearman ≥ {args.conv_spearman} "
+        f"vs a reference run (STP P={args.ref_path_samples}, trapezoid, K={args.ref_steps}); "
+        f"V={len(args.mask_probs) * args.mask_samples}; speed-ups vs the original ('> x': the "
+        "original had not converged at its largest K); one timed run per K",
+        ["model", "method", f"K (res ≤ {tol})", "s", "speed-up", "K (+ Spearman)", "s",
+         "speed-up", "last K: residual / Spearman"], rows)
+
+
 # ----------------------------------------------------------------------------- accuracy
 def aggregate_residual(a) -> float:
     """Σ_j |residual_j| / Σ_j |J_j(1) − J_j(α0)|: robust to examples with ΔJ ≈ 0."""
@@ -450,16 +641,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accuracy", action="store_true", help="also run the accuracy study")
     p.add_argument("--accuracy-only", action="store_true")
     p.add_argument("--acc-examples", type=int, default=8)
+    p.add_argument("--convergence", action="store_true",
+                   help="also run (d): time to a converged score vs the original algorithm")
+    p.add_argument("--convergence-only", action="store_true")
+    p.add_argument("--conv-tol", type=float, default=0.02, help="aggregate residual target")
+    p.add_argument("--conv-spearman", type=float, default=0.95)
+    p.add_argument("--conv-path-samples", type=int, default=4)
+    p.add_argument("--conv-max-steps", type=int, default=64)
+    p.add_argument("--orig-max-steps", type=int, default=32,
+                   help="ladder cap of the original (beyond it: extrapolated as 1/K)")
+    p.add_argument("--ref-path-samples", type=int, default=32)
+    p.add_argument("--ref-steps", type=int, default=32)
+    p.add_argument("--conv-tiny-examples", type=int, default=4)
+    p.add_argument("--conv-big-examples", type=int, default=1)
+    p.add_argument("--conv-layers", type=int, default=8)
+    p.add_argument("--conv-heads", type=int, default=8)
+    p.add_argument("--conv-seq", type=int, default=512)
+    p.add_argument("--conv-models", type=lambda s: s.split(","),
+                   default=["tiny-llada", "tiny-dream", "random"],
+                   help="fixtures by name and/or 'random' (the --conv-layers x --conv-heads model)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"# headig {headig.__version__}, torch {torch.__version__}, device {args.device}, "
-          f"{torch.get_num_threads()} threads")
+    load = LoadRecord.start()
+    print(f"# headig {headig.__version__}, device {args.device}\n\n{' '.join(sys.argv)}\n\n"
+          f"{conditions()}\n{load.report()}")
     t0 = time.time()
-    if not args.accuracy_only:
+    only = args.accuracy_only or args.convergence_only
+    if not only:
         print(speed(args), flush=True)
     if args.accuracy or args.accuracy_only:
         print(accuracy(args), flush=True)
-    print(f"\n(total {time.time() - t0:.0f} s)")
+    if args.convergence or args.convergence_only:
+        print(convergence(args), flush=True)
+    print(f"\n(total {time.time() - t0:.0f} s)\n{load.stop().report()}")
     return 0
 
 

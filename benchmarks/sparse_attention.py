@@ -1,22 +1,28 @@
 """Benchmark: uniform and adaptive block-sparse attention against dense SDPA, side by side.
 
-Two parts, both measured in one run with the variants interleaved (so a busy machine
-slows all of them alike) and reported as medians:
+Two parts, both measured in one run with the shared harness in ``_timing.py``: every
+repeat runs every variant once (order rotating), each cell is the median ratio to dense of
+the same repeat with its min–max spread, and the load average before and after the run is
+printed, with a warning when it exceeded the core count (such numbers are not for tables).
 
 1. Attention alone, through the exact code path the patch installs (one layer, q/k/v of
    ``--heads`` x ``--head-dim``), for every length in ``--lengths`` and keep in ``--keeps``:
    - dense: the model's SDPA attention function;
    - one-shot: pattern chosen on the fly from the same q/k (likelihood scoring);
    - reuse: pattern chosen once per generation and reused (a denoising step after the
-     build step).
+     build step);
+   - build: the generation step that chooses the pattern (exact estimate) and attends;
+   with ``--kernels auto,flex,gather`` every kernel gets its own rows, interleaved too.
 2. End to end: one denoising-step forward of the tiny vendored models (``--models``) at
    ``--e2e-lengths``, dense vs uniform vs adaptive with the library defaults (so short
    sequences fall back to dense).
 
-Example (the defaults; a few minutes on 2 CPU cores)::
+Example (the defaults; several minutes on 2 CPU cores)::
 
     python benchmarks/sparse_attention.py
-    python benchmarks/sparse_attention.py --lengths 4096,8192 --keeps 0.3 --repeats 5
+    python benchmarks/sparse_attention.py --lengths 8192 --keeps 0.3 --kernels auto,flex,gather \
+        --threads 2 --skip-e2e
+    python benchmarks/sparse_attention.py --threads 1 --clock cpu --lengths 8192 --skip-e2e
     python benchmarks/sparse_attention.py --device cuda --dtype bfloat16 \\
         --lengths 4096,16384,65536 --heads 32
 """
@@ -28,7 +34,6 @@ import math
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +43,19 @@ from torch import nn
 from headig.models.modeling import sdpa_attention
 from headig.schedule import denoising
 from headig.sparse import SparseAttentionPatch
-from headig.sparse.kernels import flex_available
+from headig.sparse.kernels import KERNELS, flex_available
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import (  # noqa: E402
+    CLOCKS,
+    LoadRecord,
+    Spread,
+    conditions,
+    interleaved,
+    ratios,
+    time_once,
+    timer_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,17 +87,8 @@ class OneLayer(nn.Module):
         return attn.attn_fn(q, k, v, mask=None, module=attn)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
+    return time_once(fn, device)
 
 
 def _median(xs: list[float]) -> float:
@@ -91,8 +99,22 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
+def _kernel_list(text: str) -> list[str]:
+    names = [x for x in text.split(",") if x]
+    bad = [x for x in names if x not in KERNELS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown kernel(s) {bad}")
+    return names
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
+
+
+def _cell(samples: dict[str, list[float]], name: str, base: str = "dense") -> str:
+    """``ms ratio [min-max]``: the median time and the paired per-repeat ratio spread."""
+    ms = statistics.median(samples[name]) * 1e3
+    return f"{ms:.1f} ({Spread.of(ratios(samples, name, base)).fmt()})"
 
 
 def _attention_rows(args: argparse.Namespace, layer: OneLayer, importance: torch.Tensor,
@@ -107,57 +129,57 @@ def _attention_rows(args: argparse.Namespace, layer: OneLayer, importance: torch
         return layer.attend(q, k, v)
 
     variants: dict[str, Callable[[], object]] = {"dense": attend}
-    kernels: set[str] = set()
-    for keep in args.keeps:
-        for mode in ("uniform", "adaptive"):
-            kw = {"importance": importance} if mode == "adaptive" else {}
-            patch = SparseAttentionPatch(layer, mode, keep=keep, block_size=args.block_size,
-                                         skip=0.0, kernel=args.kernel, min_seq_len=0, **kw)
-            # the reused pattern; its kernel time depends on its density, not on the estimate
-            cheap = SparseAttentionPatch(layer, mode, keep=keep, block_size=args.block_size,
-                                         skip=0.0, kernel=args.kernel, min_seq_len=0,
-                                         estimate="pooled", **kw)
-            with cheap, denoising(layer, total_steps=2, prompt_length=t // 2) as st:
-                st.step = 1
-                attend()  # warm-up (compiles on first use)
-                built = dict(st.cache)
-            built = {(patch._cache_key, key[1]): value for key, value in built.items()}
-
-            def one_shot(patch=patch):
-                with patch:
-                    return attend()
-
-            def reuse(patch=patch, built=built):
-                with patch, denoising(layer, total_steps=2, prompt_length=t // 2) as st:
+    patches: dict[str, list[SparseAttentionPatch]] = {}
+    for kernel in args.kernels:
+        patches[kernel] = []
+        for keep in args.keeps:
+            for mode in ("uniform", "adaptive"):
+                kw = {"importance": importance} if mode == "adaptive" else {}
+                common = dict(keep=keep, block_size=args.block_size, skip=0.0, kernel=kernel,
+                              min_seq_len=0, **kw)
+                patch = SparseAttentionPatch(layer, mode, **common)
+                # the reused pattern; its kernel time depends on its density, not the estimate
+                cheap = SparseAttentionPatch(layer, mode, estimate="pooled", **common)
+                with cheap, denoising(layer, total_steps=2, prompt_length=t // 2) as st:
                     st.step = 1
-                    st.cache.update(built)
-                    return attend()
+                    attend()  # warm-up (compiles on first use)
+                    built = dict(st.cache)
+                built = {(patch._cache_key, key[1]): value for key, value in built.items()}
 
-            one_shot()
-            variants[f"{mode} 1-shot {keep}"] = one_shot
-            variants[f"{mode} reuse {keep}"] = reuse
-            kernels |= {name for name in patch.stats if name.startswith("kernel_")}
-    # the build step of a generation (exact estimate, once per run), keep 0.3 uniform
-    builder = SparseAttentionPatch(layer, "uniform", keep=0.3, block_size=args.block_size,
-                                   skip=0.0, kernel=args.kernel, min_seq_len=0)
-    with builder, denoising(layer, total_steps=2, prompt_length=t // 2) as st:
-        st.step = 1
-        build = _time(attend, device)
-    attend()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            times[name].append(_time(fn, device))
-    dense = _median(times["dense"])
-    for keep in args.keeps:
-        cells = []
-        for name in ("uniform 1-shot", "uniform reuse", "adaptive 1-shot", "adaptive reuse"):
-            m = _median(times[f"{name} {keep}"])
-            cells.append(f"{m * 1e3:.1f} ({m / dense:.2f})")
-        print(f"| {t} | {keep} | {dense * 1e3:.1f} | " + " | ".join(cells)
-              + f" | {build * 1e3:.0f} ({build / dense:.1f}) |", flush=True)
-    if kernels != {"kernel_flex"}:
-        print(f"(kernels used at T={t}: {sorted(kernels)})")
+                def one_shot(patch=patch):
+                    with patch:
+                        return attend()
+
+                def reuse(patch=patch, built=built):
+                    with patch, denoising(layer, total_steps=2, prompt_length=t // 2) as st:
+                        st.step = 1
+                        st.cache.update(built)
+                        return attend()
+
+                variants[f"{kernel} {mode} 1-shot {keep}"] = one_shot
+                variants[f"{kernel} {mode} reuse {keep}"] = reuse
+                patches[kernel].append(patch)
+        # the build step of a generation (exact estimate, once per run), keep 0.3 uniform
+        builder = SparseAttentionPatch(layer, "uniform", keep=0.3, block_size=args.block_size,
+                                       skip=0.0, kernel=kernel, min_seq_len=0)
+
+        def build_step(builder=builder):
+            with builder, denoising(layer, total_steps=2, prompt_length=t // 2) as st:
+                st.step = 1
+                return attend()
+
+        variants[f"{kernel} build"] = build_step
+    samples = interleaved(variants, args.repeats, timer=timer_for(args.clock, device))
+    for kernel in args.kernels:
+        for keep in args.keeps:
+            cells = [_cell(samples, f"{kernel} {name} {keep}")
+                     for name in ("uniform 1-shot", "uniform reuse", "adaptive 1-shot",
+                                  "adaptive reuse")]
+            print(f"| {t} | {keep} | {kernel} | {statistics.median(samples['dense']) * 1e3:.1f} | "
+                  + " | ".join(cells) + f" | {_cell(samples, f'{kernel} build')} |", flush=True)
+    for kernel, runs in patches.items():
+        names = {n[7:] for p in runs for n, c in p.stats.items() if n.startswith("kernel_") and c}
+        print(f"(T={t}, --kernels {kernel}: ran {sorted(names)})")
 
 
 def attention_table(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
@@ -165,10 +187,11 @@ def attention_table(args: argparse.Namespace, device: torch.device, dtype: torch
     layer = OneLayer(h, kv)
     importance = torch.randn(1, h, generator=torch.Generator().manual_seed(0))
     print(f"\n## Attention alone: B={b}, H={h}, KV={kv}, D={d}, {dtype}, block "
-          f"{args.block_size}, kernel {args.kernel}, median of {args.repeats}\n")
-    print("| T | keep | dense ms | uniform 1-shot ms (x dense) | uniform reuse ms (x) | "
-          "adaptive 1-shot ms (x) | adaptive reuse ms (x) | build step, keep 0.3 ms (x) |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{args.block_size}, {args.repeats} interleaved repeats, {args.clock} clock\n")
+    print("Cells: median ms (median ratio to dense of the same repeat [min–max]).\n")
+    print("| T | keep | kernel | dense ms | uniform 1-shot | uniform reuse | "
+          "adaptive 1-shot | adaptive reuse | build step, keep 0.3 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for t in args.lengths:
         _attention_rows(args, layer, importance, t, device, dtype)
 
@@ -176,7 +199,7 @@ def attention_table(args: argparse.Namespace, device: torch.device, dtype: torch
 def _e2e_row(args: argparse.Namespace, model: nn.Module, label: str, importance: torch.Tensor,
              t: int, device: torch.device) -> None:
     ids = torch.randint(0, 400, (1, t), generator=torch.Generator().manual_seed(t)).to(device)
-    kw = dict(keep=0.3, skip=0.2, min_seq_len=args.min_seq_len, kernel=args.kernel)
+    kw = dict(keep=0.3, skip=0.2, min_seq_len=args.min_seq_len, kernel=args.kernels[0])
     uni = SparseAttentionPatch(model, "uniform", **kw)
     ada = SparseAttentionPatch(model, "adaptive", importance=importance, **kw)
     n = args.e2e_calls
@@ -200,18 +223,13 @@ def _e2e_row(args: argparse.Namespace, model: nn.Module, label: str, importance:
         with uni:
             return forwards()
 
+    variants = {"d": forwards, "u": lambda: step(uni), "a": lambda: step(ada), "s": scoring}
     with torch.no_grad():
-        forwards(), step(uni), step(ada), scoring()  # warm-up
-        times: dict[str, list[float]] = {"d": [], "u": [], "a": [], "s": []}
-        for _ in range(args.e2e_repeats):
-            times["d"].append(forwards())
-            times["u"].append(step(uni))
-            times["a"].append(step(ada))
-            times["s"].append(scoring())
-    dense = _median(times["d"])
-    cells = [f"{_median(times[x]) * 1e3:.2f} ({_median(times[x]) / dense:.2f})"
+        times = interleaved(variants, args.e2e_repeats, timer=lambda fn: fn())
+    cells = [f"{_median(times[x]) * 1e3:.2f} ({Spread.of(ratios(times, x, 'd')).fmt()})"
              for x in ("u", "a", "s")]
-    print(f"| {label} | {t} | {dense * 1e3:.2f} | " + " | ".join(cells) + " |", flush=True)
+    print(f"| {label} | {t} | {_median(times['d']) * 1e3:.2f} | " + " | ".join(cells) + " |",
+          flush=True)
 
 
 def e2e_table(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
@@ -219,7 +237,8 @@ def e2e_table(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 
     print(f"\n## End to end: one denoising-step forward of the tiny models, {dtype}, library "
           f"defaults (block 128, dense below {args.min_seq_len or 'the default min_seq_len'}), "
-          f"median over {args.e2e_repeats} repeats of the mean of >= 0.25 s of forwards\n")
+          f"kernel {args.kernels[0]}, {args.e2e_repeats} interleaved repeats of the mean of "
+          ">= 0.25 s of forwards; cells: median ms (median ratio [min–max])\n")
     print("| model | T | dense ms | uniform 0.3 step ms (x dense) | adaptive 0.3 step ms (x) | "
           "uniform 0.3 scoring forward ms (x) |")
     print("|---|---|---|---|---|---|")
@@ -255,13 +274,14 @@ def _fallback_overhead(model: nn.Module, label: str, device: torch.device) -> st
         fn = attn.attn_fn
         return _time(lambda: [fn(q, k, v, mask=None, module=attn) for _ in range(n)], device) / n
 
-    a, b = [], []
+    def patched() -> float:
+        with patch:
+            return calls()
+
     with torch.no_grad():
         calls(200)
-        for _ in range(7):
-            a.append(calls())
-            with patch:
-                b.append(calls())
+        times = interleaved({"a": calls, "b": patched}, 7, warmup=0, timer=lambda fn: fn())
+    a, b = times["a"], times["b"]
     assert attn.attn_fn is plain
     extra = _median(b) - _median(a)
     return (f"{label}: dense-fallback overhead {extra * 1e6:.1f} us per attention call "
@@ -277,8 +297,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--block-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--kernel", default="auto", choices=["auto", "flex", "gather", "dense_mask"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--kernels", "--kernel", type=_kernel_list, default=["auto"],
+                   help=f"comma-separated kernels to compare side by side ({', '.join(KERNELS)}); "
+                        "the end-to-end part uses the first")
+    p.add_argument("--clock", default="wall", choices=CLOCKS,
+                   help="attention table: wall time, or process CPU time (with --threads 1 on "
+                        "a shared machine, an estimate of quiet wall time)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on CUDA, float32 on CPU")
@@ -297,15 +322,17 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    print(f"# headig sparse attention benchmark\n\n{' '.join(sys.argv)}\n\ntorch "
-          f"{torch.__version__}, {device} ({name or platform.machine()}), "
-          f"{torch.get_num_threads()} threads, compiled flex available: "
+    load = LoadRecord.start()
+    print(f"# headig sparse attention benchmark\n\n{' '.join(sys.argv)}\n\n{conditions()}; "
+          f"{device} ({name or platform.machine()}); compiled flex available: "
           f"{flex_available(device)}")
+    print(load.report())
     if not args.skip_attention:
         with torch.no_grad():
             attention_table(args, device, dtype)
     if not args.skip_e2e:
         e2e_table(args, device, dtype)
+    print("\n" + load.stop().report())
 
 
 if __name__ == "__main__":
