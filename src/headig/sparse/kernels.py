@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from headig.sparse.patterns import BlockPattern, _pad_tokens
+from headig.sparse.patterns import BlockPattern, pad_tokens
 
 log = logging.getLogger("headig.sparse")
 
@@ -183,14 +183,14 @@ def _gather_matmul(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
     nb = pattern.n_blocks
     tp = nb * bs
     work = torch.float64 if q.dtype == torch.float64 else torch.float32
-    qb = (_pad_tokens(q, tp, 2).to(work) * d ** -0.5).reshape(b, h, nb, bs, d)
-    kf = _pad_tokens(k, tp, 2).to(work).reshape(b * kv * nb, bs, d)
-    vf = _pad_tokens(v, tp, 2).to(work).reshape(b * kv * nb, bs, d)
+    qb = (pad_tokens(q, tp, 2).to(work) * d ** -0.5).reshape(b, h, nb, bs, d)
+    kf = pad_tokens(k, tp, 2).to(work).reshape(b * kv * nb, bs, d)
+    vf = pad_tokens(v, tp, 2).to(work).reshape(b * kv * nb, bs, d)
     if key_valid is None and tp != t:
         key_valid = torch.ones(b, t, dtype=torch.bool, device=q.device)
     bias = None
     if key_valid is not None:  # additive key mask per key block, [B * KV * nb, bs]
-        valid = _pad_tokens(key_valid.to(torch.uint8), tp, 1).bool().view(b, 1, nb, bs)
+        valid = pad_tokens(key_valid.to(torch.uint8), tp, 1).bool().view(b, 1, nb, bs)
         bias = torch.zeros(b, kv, nb, bs, device=q.device, dtype=work)
         bias.masked_fill_(~valid, float("-inf"))
         bias = bias.view(b * kv * nb, bs)
@@ -241,12 +241,12 @@ def _gather_sdpa(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
     tp = nb * bs
     if key_valid is None and tp != t:
         key_valid = torch.ones(b, t, dtype=torch.bool, device=q.device)
-    qb = _pad_tokens(q, tp, 2).reshape(b, h, nb, bs, d)
-    kf = _pad_tokens(k, tp, 2).reshape(b * kv * nb, bs, d)
-    vf = _pad_tokens(v, tp, 2).reshape(b * kv * nb, bs, d)
+    qb = pad_tokens(q, tp, 2).reshape(b, h, nb, bs, d)
+    kf = pad_tokens(k, tp, 2).reshape(b * kv * nb, bs, d)
+    vf = pad_tokens(v, tp, 2).reshape(b * kv * nb, bs, d)
     valid = None
     if key_valid is not None:  # [B * KV * nb, bs], indexed like the key blocks
-        valid = (_pad_tokens(key_valid.to(torch.uint8), tp, 1).bool().view(b, 1, nb, bs)
+        valid = (pad_tokens(key_valid.to(torch.uint8), tp, 1).bool().view(b, 1, nb, bs)
                  .expand(b, kv, nb, bs).reshape(b * kv * nb, bs))
     out = torch.zeros(b, h, nb, bs, d, device=q.device, dtype=q.dtype)
     head_counts = pattern.head_counts.to(q.device)

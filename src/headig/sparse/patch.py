@@ -44,7 +44,7 @@ from headig.sparse.budgets import (
     count_limits,
     n_blocks_for,
 )
-from headig.sparse.kernels import KERNELS, flex_available, mark_flex_broken, run_kernel
+from headig.sparse.kernels import KERNELS, auto_kernel, mark_flex_broken, run_kernel
 from headig.sparse.patterns import ESTIMATES, BlockPattern, build_pattern
 
 log = logging.getLogger("headig.sparse")
@@ -306,10 +306,9 @@ class SparseAttentionPatch(Intervention):
     def _kernel_for(self, q: Tensor, k: Tensor, v: Tensor) -> str:
         if self.kernel != "auto":
             return self.kernel
-        if q.device.type == "cpu" and torch.is_grad_enabled() and (
-                q.requires_grad or k.requires_grad or v.requires_grad):
-            return "gather"  # flex_attention has no CPU backward
-        return "flex" if flex_available(q.device) else "gather"
+        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
+                                            or v.requires_grad)
+        return auto_kernel(q.device, grad=grad)
 
     def _min_len(self, in_generation: bool) -> int:
         if self.min_seq_len is not None:

@@ -84,7 +84,7 @@ class BlockPattern:
         return m[..., :t, :t]
 
 
-def _pad_tokens(x: Tensor, length: int, dim: int, value: float | bool = 0) -> Tensor:
+def pad_tokens(x: Tensor, length: int, dim: int, value: float | bool = 0) -> Tensor:
     extra = length - x.shape[dim]
     if extra == 0:
         return x
@@ -117,9 +117,9 @@ def block_scores(q: Tensor, k: Tensor, block_size: int, *, key_valid: Tensor | N
     rows = torch.ones(b, t, device=q.device, dtype=torch.float32)
     if key_valid is not None:
         real = key_valid.to(torch.float32)
-        has = _pad_tokens(real, tp, 1).view(b, nb, bs).sum(-1, keepdim=True) > 0
+        has = pad_tokens(real, tp, 1).view(b, nb, bs).sum(-1, keepdim=True) > 0
         rows = torch.where(has.expand(b, nb, bs).reshape(b, tp)[:, :t], real, rows)
-    rows = _pad_tokens(rows, tp, 1).view(b, nb, bs)
+    rows = pad_tokens(rows, tp, 1).view(b, nb, bs)
     rows = rows / rows.sum(-1, keepdim=True).clamp_min(1.0)
     key_bias = None
     if key_valid is not None:
@@ -128,7 +128,7 @@ def block_scores(q: Tensor, k: Tensor, block_size: int, *, key_valid: Tensor | N
         key_bias = key_bias[:, None, None, :]
 
     out = torch.empty(b, kv, g, nb, nb, device=q.device, dtype=torch.float32)
-    qf = _pad_tokens(q, tp, 2).reshape(b, kv, g, nb, bs, d)
+    qf = pad_tokens(q, tp, 2).reshape(b, kv, g, nb, bs, d)
     if estimate == "pooled":
         # weighted mean query of each block, [B, KV, g, nb, D], pre-scaled
         qbar = torch.matmul((rows * scale)[:, None, None, :, None, :], qf.float()).squeeze(-2)
@@ -141,7 +141,7 @@ def block_scores(q: Tensor, k: Tensor, block_size: int, *, key_valid: Tensor | N
             p = torch.softmax(logits, dim=-1)
             if key_bias is not None:
                 p = p.nan_to_num_(0.0)
-            p = _pad_tokens(p, tp, -1).view(b, e - s, g, nb, nb, bs).sum(-1)
+            p = pad_tokens(p, tp, -1).view(b, e - s, g, nb, nb, bs).sum(-1)
             out[:, s:e] = p
         return out.view(b, h, nb, nb)
     # exact: chunks of KV heads x query blocks, bounded scratch
@@ -160,7 +160,7 @@ def block_scores(q: Tensor, k: Tensor, block_size: int, *, key_valid: Tensor | N
                 p = p.nan_to_num_(0.0)
             p = p.view(b, e0 - s0, g, e - s, bs, t)
             p = torch.matmul(rows[:, None, None, s:e, None, :], p).squeeze(-2)  # [B,k,g,n,T]
-            out[:, s0:e0, :, s:e] = _pad_tokens(p, tp, -1).view(
+            out[:, s0:e0, :, s:e] = pad_tokens(p, tp, -1).view(
                 b, e0 - s0, g, e - s, nb, bs).sum(-1)
     return out.view(b, h, nb, nb)
 
@@ -245,7 +245,7 @@ def build_pattern(q: Tensor, k: Tensor, head_counts: Tensor, block_size: int, *,
         scores = block_scores(q, k, block_size, key_valid=key_valid, estimate=estimate)
         block_valid = None
         if key_valid is not None:
-            block_valid = _pad_tokens(key_valid, nb * block_size, 1, False).view(b, nb, -1).any(-1)
+            block_valid = pad_tokens(key_valid, nb * block_size, 1, False).view(b, nb, -1).any(-1)
         prompt_blocks = None if prompt_length is None else n_blocks_for(prompt_length, block_size)
         if kv_groups == "kv" and g > 1:
             grouped = head_counts.view(kv, g)
