@@ -24,9 +24,10 @@ def test_auto_meets_tol_and_equals_the_fixed_rule_at_its_level(name, loaded):
     model, _ = loaded(name)
     batch = make_batch(n=3)
     a = integrated_gradients(model, batch, path=STP(samples=2), steps="auto", tol=0.05,
-                             max_steps=64, **FAST)
+                             max_steps=64, refine="uniform", **FAST)
     conv = a.meta["convergence"]
     assert conv["mode"] == "auto" and conv["tol"] == 0.05 and conv["rule"] == "trapezoid"
+    assert conv["refine"] == "uniform"
     assert conv["converged"] and conv["n_converged"] == 3
     assert a.meta["steps"] == "auto" and "example_info" not in a.meta
     assert float(rel(a).max()) <= 0.05 + 1e-6
@@ -40,6 +41,23 @@ def test_auto_meets_tol_and_equals_the_fixed_rule_at_its_level(name, loaded):
         torch.testing.assert_close(a.per_example[i], fixed.per_example[0],
                                    rtol=1e-5, atol=1e-7)
     assert conv["points_total"] == sum(conv["points_per_example"])
+
+
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_adaptive_meets_tol_with_fewer_points_than_uniform(name, loaded):
+    """The default on STP: bisect the intervals that carry the error (nonuniform trapezoid)."""
+    model, _ = loaded(name)
+    batch = make_batch(n=3)
+    kw = dict(path=STP(samples=2), steps="auto", tol=0.03, **FAST)
+    ada = integrated_gradients(model, batch, **kw)
+    uni = integrated_gradients(model, batch, **kw, refine="uniform")
+    conv = ada.meta["convergence"]
+    assert conv["refine"] == "adaptive" and conv["converged"]
+    assert float(rel(ada).max()) <= 0.03 + 1e-6
+    assert conv["points_total"] < uni.meta["convergence"]["points_total"]
+    # the scores agree with the uniform refinement to about the tolerance
+    diff = (ada.per_example - uni.per_example).abs().sum((1, 2))
+    assert float((diff / uni.per_example.abs().sum((1, 2))).max()) < 0.15
 
 
 def test_auto_is_cheaper_per_residual_on_dp_with_romberg(loaded):
@@ -58,14 +76,20 @@ def test_budget_stops_refinement_and_records_it(loaded):
     model, _ = loaded("tiny-dream")
     batch = make_batch(n=2)
     a = integrated_gradients(model, batch, path=STP(samples=2), steps="auto", tol=1e-9,
-                             max_steps=8, **FAST)
+                             max_steps=8, refine="uniform", **FAST)
     conv = a.meta["convergence"]
     assert not conv["converged"] and conv["n_converged"] == 0
     assert conv["max_steps_reached"] == 8
     assert conv["points_per_example"] == [18, 18]
     b = integrated_gradients(model, batch, path=STP(samples=2), steps="auto", tol=1e-9,
-                             max_points=20, **FAST)
+                             max_points=20, refine="uniform", **FAST)
     assert b.meta["convergence"]["points_per_example"] == [18, 18]  # 34 would exceed 20
+    d = integrated_gradients(model, batch, path=STP(samples=2), steps="auto", tol=1e-9,
+                             max_points=25, **FAST)  # adaptive: fills the budget exactly
+    assert d.meta["convergence"]["points_per_example"] == [25, 25]
+    e = integrated_gradients(model, batch, path=STP(samples=2), steps="auto", tol=1e-9,
+                             max_steps=8, **FAST)  # adaptive: finest spacing 1/8
+    assert e.meta["convergence"]["points_per_example"] == [18, 18]
     c = integrated_gradients(model, batch, path=STP(samples=2), steps="auto", tol=1e-9,
                              min_steps=4, max_steps=4, **FAST)
     assert c.meta["convergence"]["points_per_example"] == [10, 10]
@@ -98,6 +122,8 @@ def test_fixed_steps_results_carry_no_auto_keys(loaded):
     (dict(steps="auto", rule="ramp_gauss"), "does not nest"),
     (dict(steps="auto", tol=0.0), "tol=0.0"),
     (dict(steps="auto", min_steps=8, max_steps=4), "max_steps=4"),
+    (dict(steps="auto", rule="right", refine="adaptive"), "needs refine='uniform'"),
+    (dict(steps="auto", refine="smart"), "refine='smart'"),
     (dict(steps=8, rule="romberg"), "rule='romberg'"),
 ])
 def test_bad_auto_settings_fail_before_model_work(kw, err, loaded):
@@ -116,8 +142,8 @@ def test_auto_resume_after_kill_equals_uninterrupted(loaded, tmp_path, monkeypat
     calls = {"n": 0, "die": True}
 
     def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["die"] and calls["n"] == 8:  # somewhere inside the second example or later
+        calls["n"] += ckpt.is_file()
+        if calls["die"] and calls["n"] == 3:  # inside the refinement of a later example
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 

@@ -240,8 +240,8 @@ class IntegratedGradients(Estimator):
     def __init__(self, model: nn.Module, *, path: GatePath | None = None,
                  steps: int | str = 8, rule: str | None = None, tol: float = 0.05,
                  stability_tol: float | None = None, min_steps: int = 4, max_steps: int = 64,
-                 max_points: int | None = None, gradient_checkpointing: bool = False,
-                 **shared: Any) -> None:
+                 max_points: int | None = None, refine: str | None = None,
+                 gradient_checkpointing: bool = False, **shared: Any) -> None:
         self.path = STP() if path is None else path
         if not isinstance(self.path, GatePath):
             raise TypeError(f"path={path!r}; expected a gate path such as DP() or STP()")
@@ -251,6 +251,9 @@ class IntegratedGradients(Estimator):
                 raise ValueError(f"steps={steps!r}; expected an integer >= 1 or 'auto'")
             default = ROMBERG if not self.path.per_head_ramps else "trapezoid"
             self.rule = rule or default
+            if refine is None:
+                refine = "adaptive" if self.rule == "trapezoid" and self.path.per_head_ramps \
+                    else "uniform"
             if self.rule != ROMBERG:
                 grid_indices(self.rule, 1)  # refuses rules that do not nest
             self.tol = _check_fraction("tol", tol)
@@ -261,6 +264,12 @@ class IntegratedGradients(Estimator):
             self.max_points = None if max_points is None else check_int("max_points",
                                                                        max_points, 1)
             self.depth = int(math.floor(math.log2(self.max_steps / self.min_steps) + 1e-12))
+            if refine not in ("uniform", "adaptive"):
+                raise ValueError(f"refine={refine!r}; expected 'uniform' or 'adaptive'")
+            if refine == "adaptive" and self.rule != "trapezoid":
+                raise ValueError(f"refine='adaptive' splits trapezoid intervals; rule={self.rule!r} "
+                                 "needs refine='uniform'")
+            self.refine = refine
             self.steps: int | str = AUTO
         else:
             self.rule = self.path.check_rule(rule or self.path.default_rule)
@@ -281,7 +290,7 @@ class IntegratedGradients(Estimator):
 
     def auto_settings(self) -> dict[str, Any]:
         """The convergence targets and budget of ``steps="auto"``."""
-        return {"tol": self.tol, "stability_tol": self.stability_tol,
+        return {"refine": self.refine, "tol": self.tol, "stability_tol": self.stability_tol,
                 "min_steps": self.min_steps, "max_steps": self.max_steps,
                 "max_points": self.max_points}
 
@@ -310,6 +319,8 @@ class IntegratedGradients(Estimator):
 
     def attribute_group(self, group: list[Item]) -> list[Any]:
         if self.auto:
+            if self.refine == "adaptive":
+                return self._attribute_adaptive(group)
             return self._attribute_auto(group)
         shape = self.shape
         requests, weights, owners = [], [], []
@@ -386,6 +397,105 @@ class IntegratedGradients(Estimator):
         return [(st.estimate, {"steps": st.steps, "levels": len(st.levels),
                                "points": st.points,
                                "residual": st.residual,
+                               "stability": None if math.isinf(st.stability) else st.stability,
+                               "converged": st.converged}) for st in states]
+
+    def _attribute_adaptive(self, group: list[Item]) -> list[tuple[Tensor, dict[str, Any]]]:
+        """Adaptive bisection of trapezoid intervals, per example (see the class docstring).
+
+        Every path sample starts on the uniform ``min_steps`` grid, and the first round
+        halves every interval. A halved interval's local error indicator is
+        ‖T(a, b) − T(a, m) − T(m, b)‖₁ over heads (T = the trapezoid term of one interval),
+        shared by its halves; each later round halves the intervals that carry half of the
+        example's summed indicator (Dörfler marking), largest first. On STP the original
+        ramps steepen towards τ = 1 and the kinks sit at the thresholds, so the points go
+        where the path bends instead of everywhere.
+        """
+        shape, b = self.shape, self.baseline
+        fine = self.min_steps * 2 ** self.depth
+        ones, base = torch.ones(1, *shape), torch.full((1, *shape), b)
+        ends = self._evaluate([engine.PointRequest(it, torch.cat([ones, base])) for it in group],
+                              with_grad=False)
+        states = [_AutoState(it, ramps := self._ramps(it), float(v[0] - v[1]),
+                             [{} for _ in ramps]) for it, (v, _) in zip(group, ends)]
+        start = list(range(0, fine + 1, 2 ** self.depth))
+        todo: dict[int, list[tuple[int, int, int]]] = {  # example -> (sample, left, right)
+            i: [(s, k, k) for s in range(len(st.ramps)) for k in start]
+            for i, st in enumerate(states)}
+        indicator: list[list[dict[int, float]]] = [[{} for _ in st.ramps] for st in states]
+
+        def alpha(st: _AutoState, s: int, keys: list[int]) -> Tensor:
+            u, w = st.ramps[s]
+            return ramp_gates(u, w, b, torch.tensor(keys, dtype=torch.float64) / fine)
+
+        while todo:
+            requests, slots = [], []
+            for i, splits in todo.items():
+                st = states[i]
+                for s in range(len(st.ramps)):
+                    keys = sorted({(lo + hi) // 2 for t, lo, hi in splits if t == s})
+                    if keys:
+                        requests.append(engine.PointRequest(st.item, alpha(st, s, keys).float()))
+                        slots.append((i, s, keys))
+            for (i, s, keys), (_, grads) in zip(slots, self._with_checkpointing(requests)):
+                states[i].cache[s].update(zip(keys, grads))
+                states[i].points += len(keys)
+            nxt: dict[int, list[tuple[int, int, int]]] = {}
+            for i, splits in todo.items():
+                st = states[i]
+                for s, lo, hi in splits:
+                    if hi > lo:  # a halved interval: its local error indicator
+                        mid = (lo + hi) // 2
+                        c = st.cache[s]
+                        a = alpha(st, s, [lo, mid, hi])
+                        whole = (c[lo] + c[hi]) * (a[2] - a[0]) / 2
+                        halves = (c[lo] + c[mid]) * (a[1] - a[0]) / 2 + \
+                            (c[mid] + c[hi]) * (a[2] - a[1]) / 2
+                        e = float((whole - halves).abs().sum()) / len(st.ramps)
+                        indicator[i][s][lo] = indicator[i][s][mid] = e / 2
+                est = torch.zeros(shape, dtype=torch.float64)
+                for s in range(len(st.ramps)):
+                    keys = sorted(st.cache[s])
+                    a = alpha(st, s, keys)
+                    delta = a[1:] - a[:-1]
+                    wts = torch.zeros_like(a)
+                    wts[:-1] += delta / 2
+                    wts[1:] += delta / 2
+                    est += (torch.stack([st.cache[s][k] for k in keys]) * wts).sum(0)
+                est /= len(st.ramps)
+                st.levels.append(est)
+                if st.estimate is not None:
+                    st.stability = float((est - st.estimate).abs().sum()
+                                         / est.abs().sum().clamp_min(1e-30))
+                st.estimate = est
+                st.steps = max(len(c) - 1 for c in st.cache)
+                st.residual = abs(float(est.sum()) - st.gap) / max(abs(st.gap), 1e-12)
+                st.converged = st.residual <= self.tol and (
+                    self.stability_tol is None or st.stability <= self.stability_tol)
+                if st.converged:
+                    continue
+                cand = []
+                for s, c in enumerate(st.cache):
+                    keys = sorted(c)
+                    cand += [(indicator[i][s].get(lo, math.inf), s, lo, hi)
+                             for lo, hi in zip(keys[:-1], keys[1:]) if hi - lo >= 2]
+                cand.sort(key=lambda x: (-x[0], x[1], x[2]))
+                if cand and math.isinf(cand[0][0]):
+                    marked = [x for x in cand if math.isinf(x[0])]
+                else:
+                    total, run, marked = sum(x[0] for x in cand), 0.0, []
+                    for x in cand:
+                        if run >= 0.5 * total and marked:
+                            break
+                        marked.append(x)
+                        run += x[0]
+                if self.max_points is not None:
+                    marked = marked[:max(0, self.max_points - st.points)]
+                if marked:
+                    nxt[i] = [(s, lo, hi) for _, s, lo, hi in marked]
+            todo = nxt
+        return [(st.estimate, {"steps": st.steps, "levels": len(st.levels),
+                               "points": st.points, "residual": st.residual,
                                "stability": None if math.isinf(st.stability) else st.stability,
                                "converged": st.converged}) for st in states]
 

@@ -36,6 +36,7 @@ def integrated_gradients(
     min_steps: int = 4,
     max_steps: int = 64,
     max_points: int | None = None,
+    refine: str | None = None,
     baseline: float = 0.0,
     mask_probs: Sequence[float] = DEFAULT_MASK_PROBS,
     mask_samples_per_prob: int = 2,
@@ -56,7 +57,7 @@ def integrated_gradients(
     return IntegratedGradients(
         model, path=path, steps=steps, rule=rule, tol=tol, stability_tol=stability_tol,
         min_steps=min_steps, max_steps=max_steps, max_points=max_points,
-        gradient_checkpointing=gradient_checkpointing,
+        refine=refine, gradient_checkpointing=gradient_checkpointing,
         baseline=baseline, mask_probs=mask_probs, mask_samples_per_prob=mask_samples_per_prob,
         loss_normalize=loss_normalize, postprocess=postprocess, layers=layers, seed=seed,
         masks=masks, objective=objective, internal_batch_size=internal_batch_size,
