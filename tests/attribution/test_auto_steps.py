@@ -24,7 +24,7 @@ def test_auto_meets_tol_and_equals_the_fixed_rule_at_its_level(name, loaded):
     model, _ = loaded(name)
     batch = make_batch(n=3)
     a = integrated_gradients(model, batch, path=STP(samples=2), steps="auto", tol=0.05,
-                             max_steps=64, refine="uniform", **FAST)
+                             max_steps=64, max_points=1000, refine="uniform", **FAST)
     conv = a.meta["convergence"]
     assert conv["mode"] == "auto" and conv["tol"] == 0.05 and conv["rule"] == "trapezoid"
     assert conv["refine"] == "uniform"
@@ -63,12 +63,14 @@ def test_adaptive_meets_tol_with_fewer_points_than_uniform(name, loaded):
 def test_auto_is_cheaper_per_residual_on_dp_with_romberg(loaded):
     model, _ = loaded("tiny-llada")
     batch = make_batch(n=3)
-    a = integrated_gradients(model, batch, path=DP(), steps="auto", tol=1e-3, **FAST)
+    a = integrated_gradients(model, batch, path=DP(), steps="auto", tol=1e-3, max_points=200,
+                             **FAST)
     conv = a.meta["convergence"]
     assert conv["rule"] == "romberg" and conv["converged"]
     assert float(rel(a).max()) <= 1e-3 + 1e-6
     trap = integrated_gradients(model, batch, path=DP(), steps="auto", tol=1e-3,
-                                rule="trapezoid", **FAST)
+                                rule="trapezoid", max_points=200, **FAST)
+    assert trap.meta["convergence"]["final_residual"] > a.meta["convergence"]["final_residual"]
     assert conv["points_total"] < trap.meta["convergence"]["points_total"]
 
 

@@ -224,9 +224,13 @@ class IntegratedGradients(Estimator):
             (trapezoid, right, left) or ``romberg`` (trapezoid levels with Richardson
             extrapolation, for the smooth DP); default trapezoid on STP, romberg on DP.
         tol, stability_tol, min_steps, max_steps, max_points: ``steps="auto"`` only: the
-            residual target, the optional per-head stability target, the first and the
-            largest number of intervals per path sample (levels are min_steps·2^l), and an
-            optional cap on gradient points per example (all path samples together).
+            residual target; the optional per-head stability target; the intervals per path
+            sample of the first level; the finest grid, 1/max_steps (levels are
+            min_steps·2^l; default 64 uniform, 1024 adaptive); and the budget of gradient
+            points per example, all path samples together (default 64 per path sample).
+        refine: ``steps="auto"`` only: ``uniform`` (halve every interval per level) or
+            ``adaptive`` (halve the intervals that carry the error; trapezoid only). Default:
+            adaptive with trapezoid on STP, uniform otherwise.
         gradient_checkpointing: recompute activations in the backward (long sequences).
         **shared: the arguments of :class:`Estimator`.
 
@@ -239,8 +243,9 @@ class IntegratedGradients(Estimator):
 
     def __init__(self, model: nn.Module, *, path: GatePath | None = None,
                  steps: int | str = 8, rule: str | None = None, tol: float = 0.05,
-                 stability_tol: float | None = None, min_steps: int = 4, max_steps: int = 64,
-                 max_points: int | None = None, refine: str | None = None,
+                 stability_tol: float | None = None, min_steps: int = 4,
+                 max_steps: int | None = None, max_points: int | None = None,
+                 refine: str | None = None,
                  gradient_checkpointing: bool = False, **shared: Any) -> None:
         self.path = STP() if path is None else path
         if not isinstance(self.path, GatePath):
@@ -259,17 +264,20 @@ class IntegratedGradients(Estimator):
             self.tol = _check_fraction("tol", tol)
             self.stability_tol = (None if stability_tol is None
                                   else _check_fraction("stability_tol", stability_tol))
-            self.min_steps = check_int("min_steps", min_steps, 1)
-            self.max_steps = check_int("max_steps", max_steps, self.min_steps)
-            self.max_points = None if max_points is None else check_int("max_points",
-                                                                       max_points, 1)
-            self.depth = int(math.floor(math.log2(self.max_steps / self.min_steps) + 1e-12))
             if refine not in ("uniform", "adaptive"):
                 raise ValueError(f"refine={refine!r}; expected 'uniform' or 'adaptive'")
             if refine == "adaptive" and self.rule != "trapezoid":
                 raise ValueError(f"refine='adaptive' splits trapezoid intervals; rule={self.rule!r} "
                                  "needs refine='uniform'")
             self.refine = refine
+            self.min_steps = check_int("min_steps", min_steps, 1)
+            if max_steps is None:
+                max_steps = 1024 if refine == "adaptive" else 64
+            self.max_steps = check_int("max_steps", max_steps, self.min_steps)
+            if max_points is None:
+                max_points = 64 * self.path.samples
+            self.max_points = check_int("max_points", max_points, 1)
+            self.depth = int(math.floor(math.log2(self.max_steps / self.min_steps) + 1e-12))
             self.steps: int | str = AUTO
         else:
             self.rule = self.path.check_rule(rule or self.path.default_rule)

@@ -34,7 +34,7 @@ def integrated_gradients(
     tol: float = 0.05,
     stability_tol: float | None = None,
     min_steps: int = 4,
-    max_steps: int = 64,
+    max_steps: int | None = None,
     max_points: int | None = None,
     refine: str | None = None,
     baseline: float = 0.0,

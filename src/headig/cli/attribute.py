@@ -134,11 +134,15 @@ def register(subparsers: Any) -> None:
                         "fraction (L1) between the last two refinement levels")
     g.add_argument(*_flags("--min_steps"), type=int, default=4,
                    help="--ig_steps auto: steps per path sample of the first level")
-    g.add_argument(*_flags("--max_steps"), type=int, default=64,
-                   help="--ig_steps auto: most steps per path sample (budget)")
+    g.add_argument(*_flags("--max_steps"), type=int, default=None,
+                   help="--ig_steps auto: the finest grid is 1/max_steps (default 1024 "
+                        "adaptive, 64 uniform)")
     g.add_argument(*_flags("--max_points"), type=int, default=None,
                    help="--ig_steps auto: most gradient points per example, all path samples "
-                        "together (budget)")
+                        "together (default 64 per path sample)")
+    g.add_argument(*_flags("--refine"), default=None, choices=("adaptive", "uniform"),
+                   help="--ig_steps auto: halve the intervals that carry the error (adaptive, "
+                        "default with trapezoid on stp) or every interval (uniform)")
     g.add_argument(*_flags("--rule"), default=None, choices=[*rule_names(), "romberg"],
                    help="quadrature rule (default: gauss_legendre for dp, trapezoid for stp; "
                         "'right' = the original)")
@@ -374,11 +378,15 @@ def _auto_settings(args: argparse.Namespace, rule: str) -> dict[str, Any]:
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ValueError(f"--{name}={v}; expected a positive number such as 0.05")
     _positive_int("min_steps", args.min_steps)
-    _positive_int("max_steps", args.max_steps, args.min_steps)
+    if args.max_steps is not None:
+        _positive_int("max_steps", args.max_steps, args.min_steps)
     if args.max_points is not None:
         _positive_int("max_points", args.max_points)
+    if args.refine == "adaptive" and rule != "trapezoid":
+        raise ValueError(f"--refine adaptive splits trapezoid intervals; --rule {rule} needs "
+                         "--refine uniform")
     return {"tol": args.tol, "stability_tol": args.stability_tol, "min_steps": args.min_steps,
-            "max_steps": args.max_steps, "max_points": args.max_points}
+            "max_steps": args.max_steps, "max_points": args.max_points, "refine": args.refine}
 
 
 def _recipe_options(args: argparse.Namespace, recipe: str | None) -> dict[str, Any]:
@@ -643,7 +651,7 @@ def _estimator(model: Any, args: argparse.Namespace, settings: dict[str, Any],
                    gradient_checkpointing=args.gradient_checkpointing)
         if args.ig_steps == "auto":
             own.update({k: settings[k] for k in ("tol", "stability_tol", "min_steps",
-                                                  "max_steps", "max_points")})
+                                                  "max_steps", "max_points", "refine")})
     elif est == "shapley_sampling":
         own = dict(permutations=args.permutations)
     elif est == "exact_shapley":
