@@ -112,6 +112,14 @@ def test_stability_target_refines_further(loaded):
             > sum(loose.meta["convergence"]["points_per_example"]))
 
 
+def test_auto_is_the_default(loaded):
+    model, _ = loaded("tiny-llada")
+    a = integrated_gradients(model, make_batch(n=1), path=STP(samples=2), **FAST)
+    conv = a.meta["convergence"]
+    assert a.meta["steps"] == "auto" and conv["tol"] == 0.05 and conv["refine"] == "adaptive"
+    assert conv["max_steps"] == 1024 and conv["max_points"] == 128
+
+
 def test_fixed_steps_results_carry_no_auto_keys(loaded):
     model, _ = loaded("tiny-llada")
     a = integrated_gradients(model, make_batch(n=1), path=STP(samples=2), steps=3, **FAST)
@@ -120,8 +128,11 @@ def test_fixed_steps_results_carry_no_auto_keys(loaded):
 
 @pytest.mark.parametrize("kw,err", [
     (dict(steps="many"), "expected an integer >= 1 or 'auto'"),
-    (dict(steps="auto", rule="midpoint"), "does not nest"),
-    (dict(steps="auto", rule="ramp_gauss"), "does not nest"),
+    (dict(steps="auto", rule="midpoint"), "no nested refinement"),
+    (dict(rule="gauss_legendre"), "pass an integer steps"),
+    (dict(path=STP(samples=2), rule="ramp_gauss"), "no nested refinement"),
+    (dict(path=DP(), rule="ramp_gauss"), "every head moves together"),
+    (dict(rule="simpson"), "expected one of"),
     (dict(steps="auto", tol=0.0), "tol=0.0"),
     (dict(steps="auto", min_steps=8, max_steps=4), "max_steps=4"),
     (dict(steps="auto", rule="right", refine="adaptive"), "needs refine='uniform'"),

@@ -43,7 +43,7 @@ from headig.attribution.objective import (
 from headig.attribution.paths import STP, GatePath
 from headig.attribution.registry import register_estimator
 from headig.attribution.results import POSTPROCESS, Attribution
-from headig.attribution.rules import grid_indices, ramp_gates
+from headig.attribution.rules import NESTED_RULES, grid_indices, ramp_gates
 from headig.attribution.runner import run_attribution
 from headig.interventions import normalize_layers
 from headig.models.family import family_of
@@ -242,7 +242,7 @@ class IntegratedGradients(Estimator):
     complete = True
 
     def __init__(self, model: nn.Module, *, path: GatePath | None = None,
-                 steps: int | str = 8, rule: str | None = None, tol: float = 0.05,
+                 steps: int | str = AUTO, rule: str | None = None, tol: float = 0.05,
                  stability_tol: float | None = None, min_steps: int = 4,
                  max_steps: int | None = None, max_points: int | None = None,
                  refine: str | None = None,
@@ -256,11 +256,16 @@ class IntegratedGradients(Estimator):
                 raise ValueError(f"steps={steps!r}; expected an integer >= 1 or 'auto'")
             default = ROMBERG if not self.path.per_head_ramps else "trapezoid"
             self.rule = rule or default
+            if self.rule != ROMBERG:
+                self.path.check_rule(self.rule)  # registered, fits the path
+                if self.rule not in NESTED_RULES:
+                    raise ValueError(
+                        f"rule={self.rule!r} has no nested refinement, so steps='auto' (the "
+                        "default) cannot refine it; pass an integer steps (e.g. steps=8) or a "
+                        f"nested rule ({', '.join(NESTED_RULES)})")
             if refine is None:
                 refine = "adaptive" if self.rule == "trapezoid" and self.path.per_head_ramps \
                     else "uniform"
-            if self.rule != ROMBERG:
-                grid_indices(self.rule, 1)  # refuses rules that do not nest
             self.tol = _check_fraction("tol", tol)
             self.stability_tol = (None if stability_tol is None
                                   else _check_fraction("stability_tol", stability_tol))

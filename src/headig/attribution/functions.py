@@ -29,7 +29,7 @@ def integrated_gradients(
     batch: Any,
     *,
     path: GatePath | None = None,
-    steps: int | str = 8,
+    steps: int | str = "auto",
     rule: str | None = None,
     tol: float = 0.05,
     stability_tol: float | None = None,
