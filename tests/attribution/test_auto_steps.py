@@ -64,12 +64,12 @@ def test_auto_is_cheaper_per_residual_on_dp_with_romberg(loaded):
     model, _ = loaded("tiny-llada")
     batch = make_batch(n=3)
     a = integrated_gradients(model, batch, path=DP(), steps="auto", tol=1e-3, max_points=200,
-                             **FAST)
+                             rule="romberg", **FAST)
     conv = a.meta["convergence"]
     assert conv["rule"] == "romberg" and conv["converged"]
     assert float(rel(a).max()) <= 1e-3 + 1e-6
     trap = integrated_gradients(model, batch, path=DP(), steps="auto", tol=1e-3,
-                                rule="trapezoid", max_points=200, **FAST)
+                                rule="trapezoid", refine="uniform", max_points=200, **FAST)
     assert trap.meta["convergence"]["final_residual"] > a.meta["convergence"]["final_residual"]
     assert conv["points_total"] < trap.meta["convergence"]["points_total"]
 
@@ -110,6 +110,14 @@ def test_stability_target_refines_further(loaded):
         assert st["stability"] <= 0.01 or not st["converged"]
     assert (sum(strict.meta["convergence"]["points_per_example"])
             > sum(loose.meta["convergence"]["points_per_example"]))
+
+
+def test_adaptive_is_the_default_on_dp_too(loaded):
+    model, _ = loaded("tiny-dream")
+    a = integrated_gradients(model, make_batch(n=3), path=DP(), tol=0.01, **FAST)
+    conv = a.meta["convergence"]
+    assert conv["rule"] == "trapezoid" and conv["refine"] == "adaptive"
+    assert conv["converged"] and float(rel(a).max()) <= 0.01 + 1e-6
 
 
 def test_auto_is_the_default(loaded):

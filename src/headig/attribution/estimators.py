@@ -214,23 +214,23 @@ class IntegratedGradients(Estimator):
         path: :class:`~headig.attribution.DP` or :class:`~headig.attribution.STP` (default
             ``STP()``: 4 path samples, original ramp).
         steps: quadrature points per path sample (intervals for grid rules; nodes per ramp
-            for ``ramp_gauss``); an integer >= 1, or ``"auto"``: double the intervals of a
+            for ``ramp_gauss``); an integer >= 1, or ``"auto"`` (the default): refine a
             nested rule per example, evaluating only the new points, until the example's
             completeness residual |Σ_h A_h − (J(1) − J(α0))| / |J(1) − J(α0)| is at most
             ``tol`` (and, with ``stability_tol``, until the attribution vector changed by at
             most that fraction, in L1, since the previous level), or the budget is spent.
         rule: a registered quadrature rule (default: the path's own; see
             :mod:`headig.attribution.rules`). With ``steps="auto"``: a nested rule
-            (trapezoid, right, left) or ``romberg`` (trapezoid levels with Richardson
-            extrapolation, for the smooth DP); default trapezoid on STP, romberg on DP.
+            (trapezoid, right, left) or ``romberg`` (uniform trapezoid levels with Richardson
+            extrapolation, for smooth paths); default trapezoid.
         tol, stability_tol, min_steps, max_steps, max_points: ``steps="auto"`` only: the
             residual target; the optional per-head stability target; the intervals per path
             sample of the first level; the finest grid, 1/max_steps (levels are
             min_steps·2^l; default 64 uniform, 1024 adaptive); and the budget of gradient
             points per example, all path samples together (default 64 per path sample).
         refine: ``steps="auto"`` only: ``uniform`` (halve every interval per level) or
-            ``adaptive`` (halve the intervals that carry the error; trapezoid only). Default:
-            adaptive with trapezoid on STP, uniform otherwise.
+            ``adaptive`` (halve the intervals that carry the error; trapezoid only; the
+            default for trapezoid).
         gradient_checkpointing: recompute activations in the backward (long sequences).
         **shared: the arguments of :class:`Estimator`.
 
@@ -254,8 +254,7 @@ class IntegratedGradients(Estimator):
         if self.auto:
             if steps != AUTO:
                 raise ValueError(f"steps={steps!r}; expected an integer >= 1 or 'auto'")
-            default = ROMBERG if not self.path.per_head_ramps else "trapezoid"
-            self.rule = rule or default
+            self.rule = rule or "trapezoid"
             if self.rule != ROMBERG:
                 self.path.check_rule(self.rule)  # registered, fits the path
                 if self.rule not in NESTED_RULES:
@@ -264,8 +263,7 @@ class IntegratedGradients(Estimator):
                         "default) cannot refine it; pass an integer steps (e.g. steps=8) or a "
                         f"nested rule ({', '.join(NESTED_RULES)})")
             if refine is None:
-                refine = "adaptive" if self.rule == "trapezoid" and self.path.per_head_ramps \
-                    else "uniform"
+                refine = "adaptive" if self.rule == "trapezoid" else "uniform"
             self.tol = _check_fraction("tol", tol)
             self.stability_tol = (None if stability_tol is None
                                   else _check_fraction("stability_tol", stability_tol))

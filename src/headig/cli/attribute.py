@@ -142,7 +142,7 @@ def register(subparsers: Any) -> None:
                         "together (default 64 per path sample)")
     g.add_argument(*_flags("--refine"), default=None, choices=("adaptive", "uniform"),
                    help="--ig_steps auto: halve the intervals that carry the error (adaptive, "
-                        "default with trapezoid on stp) or every interval (uniform)")
+                        "the default with trapezoid) or every interval (uniform)")
     g.add_argument(*_flags("--rule"), default=None, choices=[*rule_names(), "romberg"],
                    help="quadrature rule (default: gauss_legendre for dp, trapezoid for stp; "
                         "'right' = the original)")
@@ -362,7 +362,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _default_rule(path: str, auto: bool) -> str:
     if auto:
-        return "romberg" if path == "dp" else "trapezoid"
+        return "trapezoid"
     return "gauss_legendre" if path == "dp" else "trapezoid"
 
 
