@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from headig.attribution import engine
-from headig.attribution._checks import check_baseline, check_int
+from headig.attribution._checks import check_baseline, check_int, check_positive
 from headig.attribution.objective import (
     DEFAULT_MASK_PROBS,
     Item,
@@ -264,9 +264,9 @@ class IntegratedGradients(Estimator):
                         f"nested rule ({', '.join(NESTED_RULES)})")
             if refine is None:
                 refine = "adaptive" if self.rule == "trapezoid" else "uniform"
-            self.tol = _check_fraction("tol", tol)
+            self.tol = check_positive("tol", tol)
             self.stability_tol = (None if stability_tol is None
-                                  else _check_fraction("stability_tol", stability_tol))
+                                  else check_positive("stability_tol", stability_tol))
             if refine not in ("uniform", "adaptive"):
                 raise ValueError(f"refine={refine!r}; expected 'uniform' or 'adaptive'")
             if refine == "adaptive" and self.rule != "trapezoid":
@@ -524,13 +524,6 @@ class IntegratedGradients(Estimator):
             "final_residual": float(attr.residual.abs().sum() / gap.sum().clamp_min(1e-12)),
             "per_example": info,
         }
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name}={value!r}; expected a positive number such as 0.05")
-    return v
 
 
 @register_estimator("shapley_sampling")
