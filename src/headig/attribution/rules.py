@@ -202,5 +202,6 @@ def grid_indices(rule: str, k: int) -> range:
         raise ValueError(f"rule={rule!r} does not nest under step doubling; expected one of "
                          f"{list(NESTED_RULES)}") from None
 
-__all__ = ["BUILTIN_RULES", "GRID_RULES", "NESTED_RULES", "PathPoints", "QuadratureRule", "gauss_legendre_01",
-           "get_rule", "grid_indices", "points", "ramp_gates", "ramp_slope", "register_rule", "rule_names"]
+__all__ = ["BUILTIN_RULES", "GRID_RULES", "NESTED_RULES", "PathPoints", "QuadratureRule",
+           "gauss_legendre_01", "get_rule", "grid_indices", "points", "ramp_gates", "ramp_slope",
+           "register_rule", "rule_names"]
