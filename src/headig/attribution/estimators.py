@@ -11,7 +11,8 @@ The shared arguments (baseline, objective, postprocess, layers, seed, internal b
 are taken, checked and documented once, by :class:`Estimator`; each subclass adds only its
 own budget arguments and says which gate points it needs (:meth:`Estimator.attribute_group`).
 
-* :class:`IntegratedGradients` – HeadIG along DP or STP with a registered quadrature rule.
+* :class:`IntegratedGradients` – HeadIG along DP or STP with a registered quadrature rule;
+  by default (``steps="auto"``) refined per example until the residual meets ``tol``.
 * :class:`ShapleySampling` – permutation sampling (forward-only, antithetic pairs).
 * :class:`ExactShapley` – enumerates every coalition (≤ 16 heads), the ground truth.
 * :class:`LeaveOneOut` – J(1) − J(1 with head h at the baseline).

@@ -24,6 +24,8 @@ And one per-head rule, only for paths whose heads move at different times (STP):
   converges to exact Shapley values.
 
 Users add rules with :func:`register_rule`; every estimator and the CLI look rules up here.
+``trapezoid``, ``right`` and ``left`` nest under step doubling (:data:`NESTED_RULES`,
+:func:`grid_indices`), which is what lets ``steps="auto"`` refine without re-evaluating.
 """
 
 from __future__ import annotations
