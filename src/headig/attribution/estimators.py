@@ -419,7 +419,9 @@ class IntegratedGradients(Estimator):
         halves every interval. A halved interval's local error indicator is
         ‖T(a, b) − T(a, m) − T(m, b)‖₁ over heads (T = the trapezoid term of one interval),
         shared by its halves; each later round halves the intervals that carry half of the
-        example's summed indicator (Dörfler marking), largest first. On STP the original
+        example's summed indicator (Dörfler marking), largest first; if the indicators add
+        up to less than the observed residual, they have missed something, and the round
+        halves every interval instead. On STP the original
         ramps steepen towards τ = 1 and the kinks sit at the thresholds, so the points go
         where the path bends instead of everywhere.
         """
@@ -492,10 +494,13 @@ class IntegratedGradients(Estimator):
                     cand += [(indicator[i][s].get(lo, math.inf), s, lo, hi)
                              for lo, hi in zip(keys[:-1], keys[1:]) if hi - lo >= 2]
                 cand.sort(key=lambda x: (-x[0], x[1], x[2]))
-                if cand and math.isinf(cand[0][0]):
-                    marked = [x for x in cand if math.isinf(x[0])]
+                total = sum(x[0] for x in cand)
+                if cand and (math.isinf(total) or total < abs(st.residual * st.gap)):
+                    # the indicators miss the observed error (a feature between points that
+                    # agreed by chance): halve everything, as a uniform level would
+                    marked = cand
                 else:
-                    total, run, marked = sum(x[0] for x in cand), 0.0, []
+                    run, marked = 0.0, []
                     for x in cand:
                         if run >= 0.5 * total and marked:
                             break
