@@ -27,3 +27,14 @@ def check_baseline(baseline: Any) -> float:
     if not math.isfinite(b) or b >= 1.0:
         raise ValueError(f"baseline={baseline}; expected a finite gate value below 1 (0 = ablation)")
     return b
+
+
+def check_positive(name: str, value: Any) -> float:
+    """A finite number > 0 (a tolerance); 0 or NaN would never stop a refinement."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}={value!r}; expected a positive number such as 0.05") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name}={value!r}; expected a positive number such as 0.05")
+    return v

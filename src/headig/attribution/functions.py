@@ -29,8 +29,14 @@ def integrated_gradients(
     batch: Any,
     *,
     path: GatePath | None = None,
-    steps: int = 8,
+    steps: int | str = "auto",
     rule: str | None = None,
+    tol: float = 0.05,
+    stability_tol: float | None = None,
+    min_steps: int = 4,
+    max_steps: int | None = None,
+    max_points: int | None = None,
+    refine: str | None = None,
     baseline: float = 0.0,
     mask_probs: Sequence[float] = DEFAULT_MASK_PROBS,
     mask_samples_per_prob: int = 2,
@@ -49,7 +55,9 @@ def integrated_gradients(
 ) -> Attribution:
     """HeadIG along ``path`` (default ``STP()``); see :class:`IntegratedGradients`."""
     return IntegratedGradients(
-        model, path=path, steps=steps, rule=rule, gradient_checkpointing=gradient_checkpointing,
+        model, path=path, steps=steps, rule=rule, tol=tol, stability_tol=stability_tol,
+        min_steps=min_steps, max_steps=max_steps, max_points=max_points,
+        refine=refine, gradient_checkpointing=gradient_checkpointing,
         baseline=baseline, mask_probs=mask_probs, mask_samples_per_prob=mask_samples_per_prob,
         loss_normalize=loss_normalize, postprocess=postprocess, layers=layers, seed=seed,
         masks=masks, objective=objective, internal_batch_size=internal_batch_size,

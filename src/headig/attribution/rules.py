@@ -24,6 +24,8 @@ And one per-head rule, only for paths whose heads move at different times (STP):
   converges to exact Shapley values.
 
 Users add rules with :func:`register_rule`; every estimator and the CLI look rules up here.
+``trapezoid``, ``right`` and ``left`` nest under step doubling (:data:`NESTED_RULES`,
+:func:`grid_indices`), which is what lets ``steps="auto"`` refine without re-evaluating.
 """
 
 from __future__ import annotations
@@ -183,5 +185,25 @@ def _ramp_gauss(u: Tensor, w: Tensor, baseline: float, k: int) -> PathPoints:
 BUILTIN_RULES: tuple[str, ...] = tuple(_RULES)
 GRID_RULES: tuple[str, ...] = ("right", "left", "midpoint", "trapezoid", "gauss_legendre")
 
-__all__ = ["BUILTIN_RULES", "GRID_RULES", "PathPoints", "QuadratureRule", "gauss_legendre_01",
-           "get_rule", "points", "ramp_gates", "ramp_slope", "register_rule", "rule_names"]
+#: Grid rules whose points at K intervals are among those at 2K (τ = i/K for these i), so a
+#: convergence-controlled run can double K and evaluate only the new points.
+_NESTED: dict[str, Callable[[int], range]] = {
+    "trapezoid": lambda k: range(0, k + 1),
+    "right": lambda k: range(1, k + 1),
+    "left": lambda k: range(0, k),
+}
+NESTED_RULES: tuple[str, ...] = tuple(_NESTED)
+
+
+def grid_indices(rule: str, k: int) -> range:
+    """Grid indices i (τ = i/k) of the points a nested rule returns for ``k`` intervals, in
+    the order of its :class:`PathPoints` rows."""
+    try:
+        return _NESTED[rule](k)
+    except KeyError:
+        raise ValueError(f"rule={rule!r} does not nest under step doubling; expected one of "
+                         f"{list(NESTED_RULES)}") from None
+
+__all__ = ["BUILTIN_RULES", "GRID_RULES", "NESTED_RULES", "PathPoints", "QuadratureRule",
+           "gauss_legendre_01", "get_rule", "grid_indices", "points", "ramp_gates", "ramp_slope",
+           "register_rule", "rule_names"]

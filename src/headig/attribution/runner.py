@@ -43,7 +43,11 @@ from headig.runtime import (
     progress_bar,
 )
 
-GroupFn = Callable[[list[Item]], list[Tensor]]
+#: per example, its raw attribution [L', H], or (attribution, info) where ``info`` is a small
+#: JSON-able dict (e.g. the convergence record of ``steps="auto"``) kept in the checkpoint and
+#: returned in ``meta["example_info"]``
+GroupFn = Callable[[list[Item]], list[Any]]
+Done = tuple[Tensor, float, float, "dict[str, Any] | None"]
 
 
 def data_fingerprint(items: Sequence[Item]) -> str:
@@ -61,8 +65,8 @@ def atomic_save(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) ->
                   metadata={"headig_checkpoint": json.dumps(meta)})
 
 
-def load_checkpoint(path: Path, fingerprint: str) -> dict[str, tuple[Tensor, float, float]]:
-    """Per-example (attribution, J(1), J(α0)) from a checkpoint of the same run, else {}."""
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Done]:
+    """Per-example (attribution, J(1), J(α0), info) from a checkpoint of the same run, else {}."""
     from safetensors import safe_open
 
     if not path.is_file():
@@ -76,9 +80,10 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, tuple[Tensor, flo
                 "use another checkpoint path or delete it"
             )
         done = {}
+        info = meta.get("info") or [None] * len(meta["ids"])
         for i, ex_id in enumerate(meta["ids"]):
             done[ex_id] = (f.get_tensor(f"a{i}").double(), float(meta["j_full"][i]),
-                           float(meta["j_base"][i]))
+                           float(meta["j_base"][i]), info[i])
     return done
 
 
@@ -158,13 +163,16 @@ def run_attribution(
                                           layers=layers, with_grad=False,
                                           internal_batch_size=internal_batch_size)
             for it, a, (vals, _) in zip(group, attributions, ends):
-                done[it.id] = (a.double(), float(vals[0]), float(vals[1]))
+                a, info = a if isinstance(a, tuple) else (a, None)
+                done[it.id] = (a.double(), float(vals[0]), float(vals[1]), info)
             if ckpt is not None:
                 ids = [it.id for it in mine if it.id in done]
-                atomic_save(ckpt, {f"a{i}": done[x][0] for i, x in enumerate(ids)},
-                            {"fingerprint": run_fp, "ids": ids,
-                             "j_full": [done[x][1] for x in ids],
-                             "j_base": [done[x][2] for x in ids]})
+                ck_meta = {"fingerprint": run_fp, "ids": ids,
+                           "j_full": [done[x][1] for x in ids],
+                           "j_base": [done[x][2] for x in ids]}
+                if any(done[x][3] is not None for x in ids):
+                    ck_meta["info"] = [done[x][3] for x in ids]
+                atomic_save(ckpt, {f"a{i}": done[x][0] for i, x in enumerate(ids)}, ck_meta)
             bar.update(len(group))
     finally:
         bar.close()
@@ -202,6 +210,9 @@ def run_attribution(
         "python": platform.python_version(),
         "seconds": round(time.time() - start_time, 3),
     }
+    infos = [local[it.id][3] for it in items]
+    if any(x is not None for x in infos):
+        meta["example_info"] = [{"id": it.id, **(x or {})} for it, x in zip(items, infos)]
     full_raw = None
     if return_per_example:
         full_raw = torch.zeros(len(items), family.n_layers, family.n_heads, dtype=torch.float64)

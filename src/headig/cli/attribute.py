@@ -36,6 +36,10 @@ from headig.attribution.runner import CHECKPOINT_FILE, LOG_SCHEMA, RunFolder
 from headig.attribution.runner import LOG_FILE as LOG_FILE
 from headig.attribution.runner import RESULT_FILE as RESULT_FILE
 
+#: ``--ig_steps`` default: refine until converged (docs/method.md, "Converged scores")
+DEFAULT_STEPS: int | str = "auto"
+DEFAULT_TOL = 0.05
+
 PATHS = {"dp": "dp", "diagonal": "dp", "stp": "stp", "random_threshold": "stp"}
 RECIPES = ("fields", "gsm8k", "mmlu", "humaneval", "chat")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
@@ -118,9 +122,28 @@ def register(subparsers: Any) -> None:
     g.add_argument(*_flags("--threshold_sampling"), default="iid",
                    choices=("iid", "stratified", "antithetic"),
                    help="how STP thresholds are drawn across path samples")
-    g.add_argument(*_flags("--ig_steps", "--steps"), type=int, default=8,
-                   help="quadrature steps per path sample")
-    g.add_argument(*_flags("--rule"), default=None, choices=rule_names(),
+    g.add_argument(*_flags("--ig_steps", "--steps"), type=_steps_arg, default=DEFAULT_STEPS,
+                   help="quadrature steps per path sample, or auto: refine each example "
+                        "(doubling the steps, reusing points) until its completeness residual "
+                        "is at most --tol or the budget is spent")
+    g.add_argument(*_flags("--tol"), type=float, default=DEFAULT_TOL,
+                   help="--ig_steps auto: target |sum of scores - (J(1) - J(baseline))| / "
+                        "|J(1) - J(baseline)| per example")
+    g.add_argument(*_flags("--stability_tol"), type=float, default=None,
+                   help="--ig_steps auto: also require the scores to change by at most this "
+                        "fraction (L1) between the last two refinement levels")
+    g.add_argument(*_flags("--min_steps"), type=int, default=4,
+                   help="--ig_steps auto: steps per path sample of the first level")
+    g.add_argument(*_flags("--max_steps"), type=int, default=None,
+                   help="--ig_steps auto: the finest grid is 1/max_steps (default 1024 "
+                        "adaptive, 64 uniform)")
+    g.add_argument(*_flags("--max_points"), type=int, default=None,
+                   help="--ig_steps auto: most gradient points per example, all path samples "
+                        "together (default 64 per path sample)")
+    g.add_argument(*_flags("--refine"), default=None, choices=("adaptive", "uniform"),
+                   help="--ig_steps auto: halve the intervals that carry the error (adaptive, "
+                        "the default with trapezoid) or every interval (uniform)")
+    g.add_argument(*_flags("--rule"), default=None, choices=[*rule_names(), "romberg"],
                    help="quadrature rule (default: gauss_legendre for dp, trapezoid for stp; "
                         "'right' = the original)")
     g.add_argument(*_flags("--baseline"), default="zero",
@@ -180,6 +203,16 @@ def register(subparsers: Any) -> None:
 
 
 # ------------------------------------------------------------------------- validation
+def _steps_arg(text: str) -> int | str:
+    """``--ig_steps``: an integer or ``auto``."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer or 'auto'") from None
+
+
 def _positive_int(name: str, value: int, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"--{name}={value}; expected an integer >= {minimum}")
@@ -278,7 +311,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Validate every flag (no model needed) and return the normalised run settings."""
     estimator = canonical_name(args.estimator)
     path = PATHS[args.path]
-    for name in ("path_samples", "ig_steps", "mask_samples_per_prob", "internal_batch_size",
+    auto = args.ig_steps == "auto"
+    if not auto:
+        _positive_int("ig_steps", args.ig_steps)
+    for name in ("path_samples", "mask_samples_per_prob", "internal_batch_size",
                  "max_samples", "permutations", "examples_per_group", "max_heads"):
         _positive_int(name, getattr(args, name))
     _positive_int("max_length", args.max_length, 2)
@@ -287,7 +323,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if not 0.0 < args.ramp_width <= 1.0:
         raise ValueError(f"--ramp_width={args.ramp_width}; expected 0 < width <= 1")
     rule = args.rule
-    if rule is not None and path == "dp" and get_rule(rule).per_head:
+    if rule == "romberg" and not auto:
+        raise ValueError("--rule romberg extrapolates over refinement levels and needs "
+                         "--ig_steps auto")
+    if rule not in (None, "romberg") and path == "dp" and get_rule(rule).per_head:
         raise ValueError(f"--rule {rule} ""integrates inside each head's own ramp and needs "
                          "--path stp; use gauss_legendre (default) or trapezoid with dp")
     seed = int(args.seed)
@@ -306,7 +345,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     }
     if estimator == "integrated_gradients":
         settings.update({"path": path, "steps": args.ig_steps,
-                         "rule": rule or ("gauss_legendre" if path == "dp" else "trapezoid")})
+                         "rule": rule or _default_rule(path, auto)})
+        if auto:
+            settings.update(_auto_settings(args, settings["rule"]))
         if path == "stp":
             settings.update({"path_samples": args.path_samples, "ramp": args.ramp,
                              "threshold_sampling": args.threshold_sampling})
@@ -317,6 +358,35 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     elif estimator == "exact_shapley":
         settings["max_heads"] = args.max_heads
     return settings
+
+
+def _default_rule(path: str, auto: bool) -> str:
+    if auto:
+        return "trapezoid"
+    return "gauss_legendre" if path == "dp" else "trapezoid"
+
+
+def _auto_settings(args: argparse.Namespace, rule: str) -> dict[str, Any]:
+    """Checked convergence targets and budget of ``--ig_steps auto`` (part of the identity)."""
+    from headig.attribution.rules import NESTED_RULES
+
+    if rule not in (*NESTED_RULES, "romberg"):
+        raise ValueError(f"--rule {rule} does not nest under step doubling; with --ig_steps auto "
+                         f"use one of {', '.join((*NESTED_RULES, 'romberg'))}")
+    for name in ("tol", "stability_tol"):
+        v = getattr(args, name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--{name}={v}; expected a positive number such as 0.05")
+    _positive_int("min_steps", args.min_steps)
+    if args.max_steps is not None:
+        _positive_int("max_steps", args.max_steps, args.min_steps)
+    if args.max_points is not None:
+        _positive_int("max_points", args.max_points)
+    if args.refine == "adaptive" and rule != "trapezoid":
+        raise ValueError(f"--refine adaptive splits trapezoid intervals; --rule {rule} needs "
+                         "--refine uniform")
+    return {"tol": args.tol, "stability_tol": args.stability_tol, "min_steps": args.min_steps,
+            "max_steps": args.max_steps, "max_points": args.max_points, "refine": args.refine}
 
 
 def _recipe_options(args: argparse.Namespace, recipe: str | None) -> dict[str, Any]:
@@ -533,6 +603,11 @@ def run(args: argparse.Namespace) -> int:
         say(f"completeness residual: {c['aggregate_relative_residual']:.3g} of |J(1) - "
             f"J(baseline)| (sum over examples; mean |residual| {c['mean_abs_residual']:.3g}, "
             f"mean |J(1) - J(baseline)| {c['mean_abs_gap']:.3g})")
+        conv = attr.meta.get("convergence")
+        if conv:
+            say(f"--ig_steps auto: {conv['n_converged']}/{len(encoded)} examples reached "
+                f"--tol {conv['tol']:g}; up to {conv['max_steps_reached']} steps per path "
+                f"sample, {conv['points_total']} gradient points in all")
         top = imp.top_k(min(5, n_attr))
         say("top heads (layer, head, score): " +
             ", ".join(f"L{layer}H{h} {s:+.3g}" for layer, h, s in top))
@@ -574,6 +649,9 @@ def _estimator(model: Any, args: argparse.Namespace, settings: dict[str, Any],
                        sampling=args.threshold_sampling)
         own = dict(path=path, steps=args.ig_steps, rule=settings["rule"],
                    gradient_checkpointing=args.gradient_checkpointing)
+        if args.ig_steps == "auto":
+            own.update({k: settings[k] for k in ("tol", "stability_tol", "min_steps",
+                                                  "max_steps", "max_points", "refine")})
     elif est == "shapley_sampling":
         own = dict(permutations=args.permutations)
     elif est == "exact_shapley":
