@@ -389,6 +389,19 @@ def _headig_method(label: str, make_path: Callable[[], Any], rule: str | None,
     return Method(label, run, max_steps)
 
 
+def _auto_method(label: str, make_path: Callable[[], Any], args: argparse.Namespace) -> Method:
+    """The convergence-controlled mode: one run that refines itself to the target residual.
+
+    The ladder calls it once (``max_steps=2``); its K column shows 2 for that single run.
+    """
+    def run(model, batch, steps, obj, delta_j):
+        a = integrated_gradients(model, batch, path=make_path(), steps="auto", tol=args.conv_tol,
+                                 objective=obj, internal_batch_size=64,
+                                 return_per_example=False)
+        return a.scores, a.residual
+    return Method(label, run, 2)
+
+
 def _original_method(args: argparse.Namespace, samples: int) -> Method:
     def run(model, batch, steps, obj, delta_j):
         per = original_sequential(model, batch, obj, STP(samples=samples), steps, 0.0, 0,
@@ -404,11 +417,12 @@ def methods(args: argparse.Namespace) -> list[Method]:
         _original_method(args, p),
         _headig_method(f"headig: STP P={p}, right (same math, batched)",
                        lambda: STP(samples=p), "right"),
-        _headig_method(f"headig default: STP P={p}, trapezoid", lambda: STP(samples=p), None),
+        _headig_method(f"headig: STP P={p}, trapezoid", lambda: STP(samples=p), None),
         _headig_method(f"headig: STP P={p}, gauss_legendre", lambda: STP(samples=p),
                        "gauss_legendre"),
         _headig_method(f"headig: STP P={p}, ramp_gauss (K nodes per ramp)",
                        lambda: STP(samples=p), "ramp_gauss", max_steps=8),  # K x heads points
+        _auto_method(f"headig default: STP P={p}, steps='auto'", lambda: STP(samples=p), args),
         _headig_method("headig: DP, trapezoid", DP, "trapezoid"),
         _headig_method("headig: DP, gauss_legendre", DP, "gauss_legendre"),
     ]
