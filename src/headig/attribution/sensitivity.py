@@ -28,6 +28,7 @@ from headig.attribution import engine
 from headig.attribution._checks import check_int
 from headig.attribution.objective import (
     DEFAULT_MASK_PROBS,
+    Item,
     MaskedDiffusionObjective,
     as_items,
     check_token_range,
@@ -102,7 +103,8 @@ def sparsity_sensitivity(
             mask_probs=mask_probs, mask_samples_per_prob=check_int(
                 "mask_samples_per_prob", mask_samples_per_prob, 1),
             loss_normalize=loss_normalize, seed=seed)
-    items = as_items(batch)
+    batch = list(batch) if not isinstance(batch, dict) else batch
+    items = batch if batch and all(isinstance(x, Item) for x in batch) else as_items(batch)
     check_token_range(items, engine.embedding_size(model, family))
     site = sparsity_gate_site(keep, block_size=block_size, kernel=kernel, estimate=estimate,
                               keep_diagonal=keep_diagonal, kv_groups=kv_groups)

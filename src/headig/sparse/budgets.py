@@ -532,10 +532,17 @@ class SensitivityBudget(_WeightedBudget):
     blocks they save go to the sensitive heads, and the total stays
     ``n_heads * ceil(keep * n_blocks)`` per patched layer, exactly as uniform.
 
+    The floor: by default no head keeps less than half the uniform fraction
+    (``min_keep = keep / 2``). A sensitivity is measured near the uniform budget (with all
+    heads sparse) and says nothing about starving a head far below it; measured on the
+    embedded model, letting heads of ~0 sensitivity drop to one block multiplied the
+    held-out loss (docs/validation.md, "Sparse budget policies").
+
     Args:
         sensitivity: HeadImportance / Attribution or [n_layers, n_heads] scores.
         keep: uniform fraction of key blocks, in (0, 1]; fixes the total.
-        min_keep, max_keep: per-head fraction clamps (min_keep None = at least one block).
+        min_keep: smallest per-head fraction (None = ``keep / 2``; 0 = one block).
+        max_keep: largest per-head fraction.
         power: exponent of the weight map (1 = proportional, 0.5 = square root).
     """
 
@@ -553,6 +560,8 @@ class SensitivityBudget(_WeightedBudget):
         if not float(self.power) > 0.0:
             raise ValueError(f"power={self.power}; expected > 0")
         object.__setattr__(self, "power", float(self.power))
+        if self.min_keep is None:
+            object.__setattr__(self, "min_keep", float(self.keep) / 2.0)
         self._init_common()
 
     def _scores(self) -> Any:
