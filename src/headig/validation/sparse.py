@@ -324,7 +324,7 @@ def compare_budget_policies(
     sensitivity_steps: int = 16,
     oracle_examples: int = 16,
     oracle_moves: int = 12,
-    mask_samples_per_prob: int = 2,
+    objective: Any = None,
     accuracy: AccuracySettings | bool = False,
     internal_batch_size: int = 256,
     patch_kwargs: Mapping[str, Any] | None = None,
@@ -343,8 +343,12 @@ def compare_budget_policies(
     Args:
         block_size: tokens per block; ``patch_kwargs`` go to the patch (``min_seq_len``
             is 0 and ``kernel`` "gather" unless given).
+        objective: the objective template (default :class:`MaskedDiffusionObjective`);
+            its mask seed is replaced by each seed.
         accuracy: exact-match generation accuracy per (policy, keep, seed) (slow).
     """
+    import dataclasses
+
     from headig.attribution.estimators import IntegratedGradients
     from headig.attribution.sensitivity import sparsity_sensitivity
     from headig.objective import MaskedDiffusionObjective
@@ -357,6 +361,11 @@ def compare_budget_policies(
     acc_cfg = accuracy if isinstance(accuracy, AccuracySettings) else \
         AccuracySettings(enabled=bool(accuracy))
     stage = on_stage or (lambda _m: None)
+    template = default_objective(objective)
+
+    def seeded(seed: int) -> MaskedDiffusionObjective:
+        return dataclasses.replace(template, seed=int(seed))
+
     train_items, held = eval_items(train), eval_items(held_out)
     kw = {"block_size": int(block_size), "min_seq_len": 0, "kernel": "gather",
           **dict(patch_kwargs or {})}
@@ -369,12 +378,11 @@ def compare_budget_policies(
             stage(f"greedy oracle, keep {k:g}")
             oracle_w[k], oracle_hist[k] = greedy_oracle(
                 model, subset, k, max_moves=oracle_moves, patch_kwargs=kw,
-                objective=MaskedDiffusionObjective(seed=0,
-                                                   mask_samples_per_prob=mask_samples_per_prob),
+                objective=seeded(0),
                 internal_batch_size=internal_batch_size)
     rows: list[dict[str, Any]] = []
     for s in seeds:
-        obj = MaskedDiffusionObjective(seed=int(s), mask_samples_per_prob=mask_samples_per_prob)
+        obj = seeded(s)
         imp = None
         if "adaptive" in policies:
             stage(f"seed {s}: HeadIG importance on the training split")
@@ -404,12 +412,12 @@ def compare_budget_policies(
                                                   seed=int(s))["accuracy"]
                 rows.append({"policy": pol, "keep": k, "seed": int(s), "loss": loss,
                              "accuracy": acc})
-    dense = {int(s): _sparse_loss(model, held, None, MaskedDiffusionObjective(
-        seed=int(s), mask_samples_per_prob=mask_samples_per_prob), kw, internal_batch_size)
-        for s in seeds}
+    dense = {int(s): _sparse_loss(model, held, None, seeded(s), kw, internal_batch_size)
+             for s in seeds}
     meta = {"n_train": len(train_items), "n_held_out": len(held), "seeds": list(seeds),
             "patch": kw, "importance_steps": importance_steps,
             "sensitivity_steps": sensitivity_steps, "oracle_examples": oracle_examples,
+            "objective": template.settings(),
             "oracle_history": {str(k): v for k, v in oracle_hist.items()},
             "dense_loss": dense, "model": getattr(model, "name_or_path", None)}
     return PolicyComparison(rows=rows, meta=meta)
