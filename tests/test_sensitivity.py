@@ -152,3 +152,25 @@ def test_sensitivity_budget_maps_and_registry():
         SensitivityBudget(None, 0.3)
     with pytest.raises(ValueError):
         SensitivityBudget(s, 0.3, power=0.0)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_sensitivity_and_policies(tmp_path):
+    from headig.cli.main import main
+    from headig.importance import HeadImportance
+
+    out = tmp_path / "sens.safetensors"
+    assert main(["sensitivity", "--limit", "6", "--steps", "4", "--keep", "0.3",
+                 "--mask_probs", "0.5", "--out", str(out)]) == 0
+    imp = HeadImportance.load(out)
+    assert imp.scores.shape == (3, 4) and imp.meta["sparsity"]["keep"] == 0.3
+    assert main(["validate", "sparse", "--policies", "uniform,sensitivity", "--keep", "0.3",
+                 "--seeds", "0,1", "--limit", "6", "--train_limit", "6", "--block_size", "1",
+                 "--sensitivity_steps", "4", "--mask_probs", "0.5", "--accuracy", "no",
+                 "--no_progress", "--out", str(tmp_path / "pol")]) == 0
+    import json
+
+    rep = json.loads((tmp_path / "pol" / "policies.json").read_text())
+    assert {(r["policy"], r["seed"]) for r in rep["rows"]} == {
+        ("uniform", 0), ("uniform", 1), ("sensitivity", 0), ("sensitivity", 1)}
+    assert all(math.isfinite(r["loss"]) for r in rep["rows"])
