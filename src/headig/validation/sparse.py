@@ -364,7 +364,8 @@ def compare_budget_policies(
     template = default_objective(objective)
 
     def seeded(seed: int) -> MaskedDiffusionObjective:
-        return dataclasses.replace(template, seed=int(seed))
+        # a fresh mask cache: replace() would copy (share) the template's cached masks
+        return dataclasses.replace(template, seed=int(seed), _cache={})
 
     train_items, held = eval_items(train), eval_items(held_out)
     kw = {"block_size": int(block_size), "min_seq_len": 0, "kernel": "gather",
