@@ -174,3 +174,29 @@ def test_cli_sensitivity_and_policies(tmp_path):
     assert {(r["policy"], r["seed"]) for r in rep["rows"]} == {
         ("uniform", 0), ("uniform", 1), ("sensitivity", 0), ("sensitivity", 1)}
     assert all(math.isfinite(r["loss"]) for r in rep["rows"])
+
+
+# ----------------------------------------------------------------------------- ordering
+def test_sensitivity_beats_uniform_on_the_embedded_model_at_keep_0_3():
+    """Only the margin that the 3-seed comparison measured well above its spread.
+
+    docs/validation.md (embedded model, 48 training / 120 held-out examples, block 1):
+    paired held-out loss difference sensitivity - uniform at keep 0.3 = -0.640 +- 0.068
+    over seeds 0, 1, 2 (uniform 1.659 +- 0.001). One seed here; the bound -0.3 is ~5 std
+    from the measured mean. (With 12 training examples the margin vanishes: measured
+    +0.004 +- 0.036, so the test keeps the documented sizes.)
+    """
+    from headig.demo import _encode
+    from headig.toy import tasks
+    from headig.toy.embedded import embedded_model_path, load_embedded
+    from headig.validation.sparse import compare_budget_policies
+
+    model, tok = load_embedded()
+    d = embedded_model_path()
+    train, _ = _encode(tok, tasks.subset(tasks.read_jsonl(d / "train.jsonl"), 8), "train")
+    held, _ = _encode(tok, tasks.subset(tasks.read_jsonl(d / "eval.jsonl"), 20), "eval")
+    res = compare_budget_policies(model, train, held, keeps=[0.3], seeds=[0],
+                                  policies=["uniform", "sensitivity"], block_size=1)
+    loss = {r["policy"]: r["loss"] for r in res.rows}
+    assert loss["uniform"] == pytest.approx(1.6574, abs=2e-3)
+    assert loss["sensitivity"] - loss["uniform"] < -0.3
