@@ -382,6 +382,7 @@ def compare_budget_policies(
                 objective=seeded(0),
                 internal_batch_size=internal_batch_size)
     rows: list[dict[str, Any]] = []
+    completeness: dict[str, dict[str, float]] = {}
     for s in seeds:
         obj = seeded(s)
         imp = None
@@ -393,9 +394,13 @@ def compare_budget_policies(
             sens = None
             if "sensitivity" in policies:
                 stage(f"seed {s}: sparsity sensitivity at keep {k:g} on the training split")
-                sens = sparsity_sensitivity(model, train, keep=k, steps=sensitivity_steps,
-                                            objective=obj, block_size=kw["block_size"],
-                                            kernel=kw["kernel"]).to_importance()
+                att = sparsity_sensitivity(model, train, keep=k, steps=sensitivity_steps,
+                                           objective=obj, block_size=kw["block_size"],
+                                           kernel=kw["kernel"])
+                completeness[f"seed{s}_keep{k:g}"] = {
+                    "j_dense_minus_sparse": float((att.j_full - att.j_baseline).mean()),
+                    "mean_abs_residual": float(att.residual.abs().mean())}
+                sens = att.to_importance()
             built = {"uniform": UniformBudget(k),
                      "adaptive": ImportanceBudget(imp, k) if imp is not None else None,
                      "sensitivity": SensitivityBudget(sens, k) if sens is not None else None,
@@ -418,7 +423,7 @@ def compare_budget_policies(
     meta = {"n_train": len(train_items), "n_held_out": len(held), "seeds": list(seeds),
             "patch": kw, "importance_steps": importance_steps,
             "sensitivity_steps": sensitivity_steps, "oracle_examples": oracle_examples,
-            "objective": template.settings(),
+            "objective": template.settings(), "sensitivity_completeness": completeness,
             "oracle_history": {str(k): v for k, v in oracle_hist.items()},
             "dense_loss": dense, "model": getattr(model, "name_or_path", None)}
     return PolicyComparison(rows=rows, meta=meta)
