@@ -546,7 +546,7 @@ class SensitivityBudget(_WeightedBudget):
         power: exponent of the weight map (1 = proportional, 0.5 = square root).
     """
 
-    sensitivity: Any = field(repr=False)
+    sensitivity: Any = field(default=None, repr=False)
     keep: float = 0.3
     min_keep: float | None = None
     max_keep: float = 1.0
@@ -555,8 +555,9 @@ class SensitivityBudget(_WeightedBudget):
 
     def __post_init__(self) -> None:
         if self.sensitivity is None:
-            raise ValueError("the sensitivity budget needs sparsity-sensitivity scores "
-                             "(headig.sparsity_sensitivity)")
+            raise ValueError("the sensitivity budget needs sparsity-sensitivity scores: "
+                             "expected one of a HeadImportance, an Attribution or "
+                             "[n_layers, n_heads] scores (headig.sparsity_sensitivity)")
         if not float(self.power) > 0.0:
             raise ValueError(f"power={self.power}; expected > 0")
         object.__setattr__(self, "power", float(self.power))
@@ -584,7 +585,7 @@ class WeightBudget(_WeightedBudget):
         keep, min_keep, max_keep: as for :class:`SensitivityBudget`.
     """
 
-    weights: Any = field(repr=False)
+    weights: Any = field(default=None, repr=False)
     keep: float = 0.3
     min_keep: float | None = None
     max_keep: float = 1.0
