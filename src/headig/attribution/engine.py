@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from headig.attribution.objective import Item, MaskedDiffusionObjective
 from headig.diffusion.alignment import gather_aligned, source_rows
 from headig.diffusion.loss import masked_row_loss, token_ce
-from headig.interventions import HeadGate
+from headig.interventions import HeadGate, Intervention
 from headig.models.family import Family, family_of
 
 
@@ -54,6 +54,17 @@ def embedding_size(model: nn.Module, family: Family) -> int:
     return int(family.arch.vocab_size)
 
 
+#: Builds the intervention that applies per-row gates [B, L', H] (``set_gates``) at the
+#: gated layers: ``factory(model, layers)``. The default is :class:`HeadGate`; the
+#: sparsity-sensitivity gate (:mod:`headig.sparse.sensitivity_gate`) is another.
+GateSite = Callable[[nn.Module, Sequence[int]], Intervention]
+
+
+def head_gate_site(model: nn.Module, layers: Sequence[int]) -> Intervention:
+    """The default gate site: per-head output gates (:class:`HeadGate`)."""
+    return HeadGate(model, layers=layers)
+
+
 @dataclass
 class PointRequest:
     """Gate points at which to evaluate J for one example: gates [Q, L', H]."""
@@ -71,13 +82,15 @@ def evaluate_points(
     with_grad: bool,
     internal_batch_size: int = 64,
     on_chunk: Callable[[int], None] | None = None,
+    gate_site: GateSite | None = None,
 ) -> list[tuple[Tensor, Tensor | None]]:
     """Evaluate J_j at each gate point of each request; optionally ∇_α J_j too.
 
     Returns, per request, ``values`` [Q] (float64) and ``grads`` [Q, L', H] (float64) or
     None. Rows (point × variant) are packed into chunks of ``internal_batch_size``; each
     chunk has its own graph and one backward, so memory is bounded by the chunk.
-    Parameters never receive gradients.
+    Parameters never receive gradients. ``gate_site`` says what a gate interpolates
+    (default :func:`head_gate_site`: gate 1 = the head as is, 0 = the head removed).
     """
     family = family_of(model)
     device = next(model.parameters()).device
@@ -104,7 +117,7 @@ def evaluate_points(
     grads = [torch.zeros(req.gates.shape, dtype=torch.float64) if with_grad else None
              for req in requests]
     mask_id = family.mask_token_id
-    gate = HeadGate(model, layers=layers)
+    gate = (gate_site or head_gate_site)(model, layers)
     with gate:
         for start in range(0, len(rows), internal_batch_size):
             chunk = rows[start:start + internal_batch_size]
@@ -128,7 +141,7 @@ def evaluate_points(
                 coeff[i] = w
             attn_arg = None if bool(attn.all()) else attn.to(device)
             g = g.to(device).requires_grad_(with_grad)
-            gate.set_gates(g)
+            gate.set_gates(g)  # type: ignore[attr-defined]
             with torch.set_grad_enabled(with_grad):
                 loss = row_losses(model, family, inputs.to(device), targets.to(device),
                                   masked.to(device), attn_arg, objective.loss_normalize)
@@ -148,12 +161,12 @@ def evaluate_points(
 
 def objective_values(model: nn.Module, objective: MaskedDiffusionObjective,
                      items: Iterable[Item], gates: Tensor, *, layers: Sequence[int],
-                     internal_batch_size: int = 64) -> Tensor:
+                     internal_batch_size: int = 64, gate_site: GateSite | None = None) -> Tensor:
     """J_j at one gate setting [L', H] for every item -> [N] (no gradients)."""
     reqs = [PointRequest(it, gates[None]) for it in items]
     out = evaluate_points(model, objective, reqs, layers=layers, with_grad=False,
-                          internal_batch_size=internal_batch_size)
+                          internal_batch_size=internal_batch_size, gate_site=gate_site)
     return torch.stack([v[0] for v, _ in out])
 
 
-__all__ = ["PointRequest", "embedding_size", "evaluate_points", "objective_values", "row_losses"]
+__all__ = ["GateSite", "PointRequest", "embedding_size", "head_gate_site", "evaluate_points", "objective_values", "row_losses"]

@@ -13,7 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("demo", "attribute", "show", "plot", "compare", "validate", "faithfulness")
+SUBCOMMANDS = ("demo", "attribute", "show", "plot", "compare", "validate", "faithfulness",
+               "sensitivity")
 
 
 def build_parser() -> argparse.ArgumentParser:

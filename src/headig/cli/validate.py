@@ -364,6 +364,25 @@ def register(subparsers: Any) -> None:
     g.add_argument("--accuracy", choices=("auto", "yes", "no"), default="auto",
                    help="exact-match generation accuracy: auto = for the embedded task data")
     add_objective_arguments(g)
+    g = sp.add_argument_group(
+        "budget policies", "with --policies: scores from the training split, held-out loss "
+        "(and accuracy) per policy x keep x seed (headig.validation.compare_budget_policies)")
+    g.add_argument("--policies", default=None,
+                   help="compare budget policies instead of modes: any of uniform, adaptive, "
+                        "sensitivity, oracle")
+    g.add_argument("--seeds", default="0,1,2",
+                   help="seeds of the training-split scores and of the held-out masks")
+    g.add_argument(*flags("--train_data"), default=None,
+                   help="training examples for the scores (default: the embedded train split; "
+                        "same recipe options as --data)")
+    g.add_argument(*flags("--train_limit"), type=int, default=48,
+                   help="training examples for the importance and sensitivity scores")
+    g.add_argument(*flags("--sensitivity_steps"), type=int, default=16,
+                   help="Gauss-Legendre nodes of the sparsity sensitivity")
+    g.add_argument(*flags("--oracle_examples"), type=int, default=16,
+                   help="held-out examples the greedy oracle searches on")
+    g.add_argument(*flags("--oracle_moves"), type=int, default=12,
+                   help="largest number of greedy oracle moves per keep")
     g = sp.add_argument_group("output")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
@@ -451,13 +470,15 @@ def run_sparse(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"--modes {args.modes}: unknown mode(s) {bad}; expected standard, "
                          "uniform, adaptive")
-    if "adaptive" in modes and args.scores is None:
+    if "adaptive" in modes and args.scores is None and args.policies is None:
         raise ValueError("--modes includes adaptive, which needs --scores FILE")
     if args.block_size is not None and args.block_size < 1:
         raise ValueError(f"--block_size={args.block_size}; expected >= 1")
     if not 0.0 <= args.skip < 1.0:
         raise ValueError(f"--skip={args.skip}; expected a fraction in [0, 1)")
     objective = objective_from_args(args)
+    if args.policies is not None:
+        return run_policies(args, keeps, objective, t_start)
     out = check_out(args.out, ["sparse.csv", "sparse.json", "sparse.md"], args.overwrite)
     imp = load_importance(args.scores, args.original_sign) if args.scores else None
 
@@ -488,5 +509,46 @@ def run_sparse(args: argparse.Namespace) -> int:
     sweep.meta.update({"scores": args.scores, "data": desc, "seconds": time.time() - t0})
     files = sweep.save(out, plot=not args.no_plot)
     print(sweep.to_markdown())
+    say(f"wrote {', '.join(str(f) for f in files.values())} ({time.time() - t_start:.0f} s)")
+    return 0
+
+
+def run_policies(args: argparse.Namespace, keeps: list[float], objective: Any,
+                 t_start: float) -> int:
+    """``validate sparse --policies``: budget policies compared over seeds."""
+    import copy
+
+    from headig.validation.settings import AccuracySettings
+    from headig.validation.sparse import POLICIES, compare_budget_policies
+
+    policies = parse_list(args.policies, str, "policies")
+    bad = [p for p in policies if p not in POLICIES]
+    if bad:
+        raise ValueError(f"--policies {args.policies}: unknown policy(ies) {bad}; expected "
+                         f"any of {', '.join(POLICIES)}")
+    seeds = parse_list(args.seeds, int, "seeds")
+    out = check_out(args.out, ["policies.csv", "policies.json", "policies.md"], args.overwrite)
+    model, tokenizer, embedded = load_model_from_args(args)
+    held, labels, desc = load_data_from_args(args, tokenizer, embedded)
+    if args.train_data is None and not embedded:
+        raise ValueError("--policies needs --train_data (the scores come from training data)")
+    targs = copy.copy(args)
+    targs.data, targs.limit = args.train_data, args.train_limit
+    train, _, train_desc = load_data_from_args(targs, tokenizer, embedded, default_split="train")
+    say(f"data: scores on {train_desc}; evaluated on {desc}")
+    res = compare_budget_policies(
+        model, train, held, keeps=keeps, policies=policies, seeds=seeds,
+        block_size=args.block_size or 16, sensitivity_steps=args.sensitivity_steps,
+        oracle_examples=args.oracle_examples, oracle_moves=args.oracle_moves,
+        objective=objective,
+        accuracy=AccuracySettings(enabled=want_accuracy(args.accuracy, labels),
+                                  labels=labels or None),
+        internal_batch_size=rows_per_forward(args, held),
+        patch_kwargs={"kernel": "gather" if args.kernel == "auto" else args.kernel,
+                      "skip": args.skip, "kv_groups": args.kv_groups},
+        on_stage=None if args.no_progress else (lambda m: say(f"... {m}")))
+    res.meta.update({"data": desc, "train_data": train_desc, "seconds": time.time() - t_start})
+    files = res.save(out, plot=False)
+    print(res.to_markdown())
     say(f"wrote {', '.join(str(f) for f in files.values())} ({time.time() - t_start:.0f} s)")
     return 0

@@ -12,18 +12,23 @@ from headig.sparse.budgets import (
     BudgetPolicy,
     DenseBudget,
     ImportanceBudget,
+    SensitivityBudget,
     UniformBudget,
+    WeightBudget,
     allocate,
     budget_names,
     budget_policy,
     head_budgets,
     importance_weights,
     register_budget,
+    sensitivity_weights,
     uniform_count,
+    weighted_counts,
 )
 from headig.sparse.kernels import KERNELS, dense_mask_sparse, flex_sparse, gather_sparse
 from headig.sparse.patch import MODES, SparseAttentionPatch, budget_from_mode, split_mask
 from headig.sparse.patterns import BlockPattern, block_scores, build_pattern, select_blocks
+from headig.sparse.sensitivity_gate import SparsityGate, sparsity_gate_site
 
 __all__ = [
     "KERNELS", "MODES", "BlockPattern", "BudgetPolicy", "DenseBudget", "ImportanceBudget",
@@ -32,4 +37,7 @@ __all__ = [
     "budget_policy", "build_pattern", "dense_mask_sparse", "flex_sparse", "gather_sparse",
     "head_budgets", "importance_weights", "register_budget", "select_blocks", "split_mask",
     "uniform_count",
+    # sparsity sensitivity
+    "SensitivityBudget", "SparsityGate", "WeightBudget", "sensitivity_weights",
+    "sparsity_gate_site", "weighted_counts",
 ]

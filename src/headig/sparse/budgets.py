@@ -427,3 +427,177 @@ class ImportanceBudget(BudgetPolicy):
         out[rows] = head_budgets(scores[rows], n_blocks, self.keep, **kw)
         return out
 
+
+
+# ------------------------------------------------------------ weight-driven policies
+def weighted_counts(weights: Tensor, n_blocks: int, keep: float, *,
+                    min_keep: float | None = None, max_keep: float = 1.0,
+                    tiebreak: Tensor | None = None) -> Tensor:
+    """Per-head counts [L, H] proportional to non-negative ``weights``, with the uniform total.
+
+    Heads of weight 0 get the minimum (``lo`` of :func:`count_limits`); if every weight is
+    0 the budget is uniform. The total is exactly ``weights.numel() * ceil(keep * n_blocks)``
+    (:func:`allocate`).
+    """
+    lo, u, hi = count_limits(n_blocks, keep, min_keep, max_keep)
+    w = weights.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("budget weights must be finite and non-negative")
+    top = float(w.max())
+    if top <= 0.0:
+        return torch.full(w.shape, u, dtype=torch.long)
+    # a weight of 0 becomes a tiny positive one: lam * w then clamps to lo
+    w = torch.where(w > 0, w, torch.full_like(w, top * 1e-12))
+    return allocate(w, w.numel() * u, lo, hi, tiebreak=tiebreak)
+
+
+def sensitivity_weights(sensitivity: Tensor, power: float = 0.5) -> Tensor:
+    """Budget weights from sparsity sensitivities: ``max(s, 0) ** power`` (float64).
+
+    Why the square root (``power=0.5``): if head h loses about ``s_h * u / c_h`` when it
+    keeps ``c_h`` of its key blocks (``s_h`` measured at the uniform count ``u``: loss
+    falling like 1/c), minimising ``sum_h s_h / c_h`` at a fixed ``sum_h c_h`` gives
+    ``c_h ∝ sqrt(s_h)`` (Lagrange). Heads that lose nothing (s <= 0) go to the minimum.
+    """
+    if not power > 0.0:
+        raise ValueError(f"power={power}; expected > 0")
+    return sensitivity.detach().to(torch.float64).clamp_min(0.0) ** float(power)
+
+
+class _WeightedBudget(BudgetPolicy):
+    """Shared machinery: per-head weights over the scored rows, uniform elsewhere."""
+
+    keep: float
+    min_keep: float | None
+    max_keep: float
+
+    def _scores(self) -> Any:
+        raise NotImplementedError
+
+    def _weights(self, scores: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _rows(self, n_layers: int, n_heads: int, layers: list[int]) -> tuple[Tensor, list[int]]:
+        key = (n_layers, n_heads, tuple(layers))
+        bound: dict[tuple[Any, ...], tuple[Tensor, list[int]]] = self._bound  # type: ignore[attr-defined]
+        if key not in bound:
+            scores, scored = importance_scores(self._scores(), n_layers, n_heads)
+            rows = [i for i in layers if i in set(scored)]
+            if not rows:
+                raise ValueError(f"none of the patched layers {layers} have scores "
+                                 f"(scored layers: {scored})")
+            bound[key] = (scores, rows)
+        return bound[key]
+
+    def bind(self, n_layers: int, n_heads: int, layers: list[int]) -> None:
+        self._rows(n_layers, n_heads, layers)
+
+    def counts(self, n_blocks: int, layers: list[int], n_layers: int, n_heads: int, *,
+               group_size: int = 1, kv_groups: str = "query") -> Tensor:
+        scores, rows = self._rows(n_layers, n_heads, layers)
+        out = torch.full((n_layers, n_heads), n_blocks, dtype=torch.long)
+        out[layers] = head_budgets(None, n_blocks, self.keep, n_layers=len(layers),
+                                   n_heads=n_heads, min_keep=self.min_keep,
+                                   max_keep=self.max_keep)
+        s = scores[rows]
+        w = self._weights(s)
+        g = int(group_size)
+        if kv_groups == "kv" and g > 1:
+            if n_heads % g:
+                raise ValueError(f"{n_heads} heads cannot form KV groups of {g}")
+            w = w.view(len(rows), n_heads // g, g).mean(-1)
+            s = s.view(len(rows), n_heads // g, g).mean(-1)
+        c = weighted_counts(w, n_blocks, self.keep, min_keep=self.min_keep,
+                            max_keep=self.max_keep, tiebreak=s)
+        if kv_groups == "kv" and g > 1:
+            c = c.repeat_interleave(g, dim=1)
+        out[rows] = c
+        return out
+
+    def _init_common(self) -> None:
+        object.__setattr__(self, "keep", _check_keep(self.keep, self.min_keep, self.max_keep))
+        object.__setattr__(self, "max_keep", float(self.max_keep))
+        object.__setattr__(self, "_bound", {})
+
+
+@register_budget
+@dataclass(frozen=True, eq=False)
+class SensitivityBudget(_WeightedBudget):
+    """Sensitivity-adaptive budgets with the uniform total.
+
+    The scores are *sparsity sensitivities* (:func:`headig.sparsity_sensitivity`: how much
+    J drops when the head is made sparse, positive = loses), ideally measured at this
+    ``keep``. Weights ``max(s, 0) ** power`` (:func:`sensitivity_weights`; the default
+    square root minimises a 1/c loss model): heads that lose nothing keep the minimum, the
+    blocks they save go to the sensitive heads, and the total stays
+    ``n_heads * ceil(keep * n_blocks)`` per patched layer, exactly as uniform.
+
+    The floor: by default no head keeps less than half the uniform fraction
+    (``min_keep = keep / 2``). A sensitivity is measured near the uniform budget (with all
+    heads sparse) and says nothing about starving a head far below it; measured on the
+    embedded model, letting heads of ~0 sensitivity drop to one block multiplied the
+    held-out loss (docs/validation.md, "Sparse budget policies").
+
+    Args:
+        sensitivity: HeadImportance / Attribution or [n_layers, n_heads] scores.
+        keep: uniform fraction of key blocks, in (0, 1]; fixes the total.
+        min_keep: smallest per-head fraction (None = ``keep / 2``; 0 = one block).
+        max_keep: largest per-head fraction.
+        power: exponent of the weight map (1 = proportional, 0.5 = square root).
+    """
+
+    sensitivity: Any = field(default=None, repr=False)
+    keep: float = 0.3
+    min_keep: float | None = None
+    max_keep: float = 1.0
+    power: float = 0.5
+    name: ClassVar[str] = "sensitivity"
+
+    def __post_init__(self) -> None:
+        if self.sensitivity is None:
+            raise ValueError("the sensitivity budget needs sparsity-sensitivity scores: "
+                             "expected one of a HeadImportance, an Attribution or "
+                             "[n_layers, n_heads] scores (headig.sparsity_sensitivity)")
+        if not float(self.power) > 0.0:
+            raise ValueError(f"power={self.power}; expected > 0")
+        object.__setattr__(self, "power", float(self.power))
+        if self.min_keep is None:
+            object.__setattr__(self, "min_keep", float(self.keep) / 2.0)
+        self._init_common()
+
+    def _scores(self) -> Any:
+        return self.sensitivity
+
+    def _weights(self, scores: Tensor) -> Tensor:
+        return sensitivity_weights(scores, self.power)
+
+
+@register_budget
+@dataclass(frozen=True, eq=False)
+class WeightBudget(_WeightedBudget):
+    """Budgets proportional to explicit non-negative per-head weights, uniform total.
+
+    For allocations found by search (the greedy oracle of
+    :func:`headig.validation.sparse.greedy_oracle`) or written by hand.
+
+    Args:
+        weights: [n_layers, n_heads] non-negative weights (0 = the minimum).
+        keep, min_keep, max_keep: as for :class:`SensitivityBudget`.
+    """
+
+    weights: Any = field(default=None, repr=False)
+    keep: float = 0.3
+    min_keep: float | None = None
+    max_keep: float = 1.0
+    name: ClassVar[str] = "weights"
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            raise ValueError("the weights budget needs weights [n_layers, n_heads]")
+        self._init_common()
+
+    def _scores(self) -> Any:
+        return self.weights
+
+    def _weights(self, scores: Tensor) -> Tensor:
+        return scores

@@ -2,7 +2,9 @@
 
 If head scores say which heads matter, giving those heads more of a fixed sparse-attention
 budget should cost less quality than spreading it uniformly; :func:`sparse_sweep` checks
-that on held-out loss (and generation accuracy).
+that on held-out loss (and generation accuracy). :func:`compare_budget_policies` compares
+the budget rules themselves (uniform, importance-adaptive, sensitivity-adaptive, a greedy
+oracle) with scores from training data, over seeds, with paired differences.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from headig.models.family import family_of
 from headig.runtime import progress_bar
 from headig.validation.accuracy import generation_accuracy
-from headig.validation.loss import default_objective, device_of, eval_items, loss_at_masks
+from headig.validation.loss import (
+    default_objective,
+    device_of,
+    eval_items,
+    loss_at_masks,
+    spread,
+)
 from headig.validation.report import Report, fmt
 from headig.validation.settings import AccuracySettings, EvalSettings, fold_keywords
 
@@ -32,7 +40,8 @@ _LEGACY: dict[str, tuple[str, str]] = {
     "labels": ("accuracy", "labels"), "generate_kwargs": ("accuracy", "generate_kwargs"),
 }
 
-__all__ = ["SPARSE_MODES", "SparseSweep", "auto_block_size", "sparse_sweep"]
+__all__ = ["POLICIES", "SPARSE_MODES", "PolicyComparison", "SparseSweep", "auto_block_size",
+           "compare_budget_policies", "greedy_oracle", "sparse_sweep"]
 
 
 def auto_block_size(max_length: int, *, min_blocks: int = 16, kernel_tile: int = 128) -> int:
@@ -175,3 +184,248 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
             "patch": {k: v for k, v in kw.items()}, "family": family.name,
             "model": getattr(model, "name_or_path", None)}
     return SparseSweep(rows=rows, meta=meta)
+
+
+# ------------------------------------------------------------------ budget policies compared
+POLICIES = ("uniform", "adaptive", "sensitivity", "oracle")
+
+
+def _sparse_loss(model: nn.Module, items: list[Any], policy: Any, objective: Any,
+                 patch_kwargs: Mapping[str, Any], internal_batch_size: int) -> float:
+    """Held-out loss with block-sparse attention under ``policy`` (None = dense)."""
+    from headig.sparse import SparseAttentionPatch
+
+    family = family_of(model)
+    full = torch.ones(family.n_layers, family.n_heads, dtype=torch.bool)
+    if policy is None:
+        return float(loss_at_masks(model, items, full, objective=objective,
+                                   internal_batch_size=internal_batch_size))
+    with SparseAttentionPatch(model, policy, **patch_kwargs):
+        return float(loss_at_masks(model, items, full, objective=objective,
+                                   internal_batch_size=internal_batch_size))
+
+
+def greedy_oracle(model: nn.Module, batch: Any, keep: float, *, units: int = 4,
+                  max_moves: int = 24, objective: Any = None,
+                  patch_kwargs: Mapping[str, Any] | None = None,
+                  internal_batch_size: int = 256) -> tuple[Tensor, list[float]]:
+    """Greedy search for per-head budget weights that minimise the loss on ``batch``.
+
+    Every head starts with ``units`` weight units (= the uniform budget; weights map to
+    block counts with the uniform total by :class:`headig.sparse.WeightBudget`). Each round
+    measures the loss with one unit taken from each head and with one unit given to each
+    head (2·n forwards over ``batch``), moves a unit from the head whose loss rises least to
+    the head whose loss falls most, and keeps the move only if the loss really falls;
+    otherwise the next best pairs are tried (at most 3). A ceiling for budget policies
+    when ``batch`` is a subset of the data they are evaluated on, not a method.
+
+    Returns:
+        (weights float64 [L, H], the loss after each accepted move, starting from uniform).
+    """
+    from headig.sparse import WeightBudget
+
+    family = family_of(model)
+    kw = dict(patch_kwargs or {})
+    items = eval_items(batch)
+    obj = default_objective(objective)
+    shape = (family.n_layers, family.n_heads)
+    w = torch.full(shape, float(units), dtype=torch.float64)
+
+    def loss_of(weights: Tensor) -> float:
+        return _sparse_loss(model, items, WeightBudget(weights.clone(), keep=keep), obj, kw,
+                            internal_batch_size)
+
+    best = loss_of(w)
+    history = [best]
+    n = w.numel()
+    for _ in range(int(max_moves)):
+        flat = w.flatten()
+        minus = torch.full((n,), float("inf"), dtype=torch.float64)
+        plus = torch.full((n,), float("inf"), dtype=torch.float64)
+        for i in range(n):
+            if flat[i] >= 1:
+                t = flat.clone()
+                t[i] -= 1
+                minus[i] = loss_of(t.view(shape))
+            t = flat.clone()
+            t[i] += 1
+            plus[i] = loss_of(t.view(shape))
+        pairs = sorted(((float(minus[a] + plus[b]), a, b) for a in range(n) for b in range(n)
+                        if a != b and torch.isfinite(minus[a])), key=lambda x: x[0])
+        moved = False
+        for _, a, b in pairs[:3]:
+            t = flat.clone()
+            t[a] -= 1
+            t[b] += 1
+            trial = loss_of(t.view(shape))
+            if trial < best - 1e-9:
+                w, best, moved = t.view(shape), trial, True
+                history.append(best)
+                break
+        if not moved:
+            break
+    return w, history
+
+
+@dataclass
+class PolicyComparison(Report):
+    """Results of :func:`compare_budget_policies`: one row per (policy, keep, seed)."""
+
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    default_prefix = "policies"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "summary": self.summary(), "meta": self.meta}
+
+    def csv_rows(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "groups"} for r in self.rows]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per (policy, keep): loss mean ± std over seeds, and the paired difference to
+        uniform (same seed: same training scores' seed and held-out masks)."""
+        from headig.validation.report import mean_std
+
+        uni = {(r["keep"], r["seed"]): r["loss"] for r in self.rows if r["policy"] == "uniform"}
+        out = []
+        keys = sorted({(r["keep"], r["policy"]) for r in self.rows},
+                      key=lambda x: (x[0], POLICIES.index(x[1]) if x[1] in POLICIES else -1))
+        for keep, pol in keys:
+            rs = [r for r in self.rows if r["policy"] == pol and r["keep"] == keep]
+            m, s, _, _ = mean_std([r["loss"] for r in rs])
+            d = [r["loss"] - uni[(keep, r["seed"])] for r in rs if (keep, r["seed"]) in uni]
+            dm, ds = (mean_std(d)[:2] if d else (None, None))
+            acc = [r["accuracy"] for r in rs if r.get("accuracy") is not None]
+            am, asd = (mean_std(acc)[:2] if acc else (None, None))
+            out.append({"policy": pol, "keep": keep, "seeds": len(rs), "loss_mean": m,
+                        "loss_std": s, "delta_vs_uniform_mean": dm,
+                        "delta_vs_uniform_std": ds, "accuracy_mean": am, "accuracy_std": asd})
+        return out
+
+    def to_markdown(self) -> str:
+        lines = ["| policy | keep | held-out loss (mean ± std) | Δ vs uniform (paired) | "
+                 "accuracy |", "|---|---:|---:|---:|---:|"]
+        for r in self.summary():
+            d = "–" if r["delta_vs_uniform_mean"] is None or r["policy"] == "uniform" else \
+                f"{r['delta_vs_uniform_mean']:+.4f} ± {r['delta_vs_uniform_std']:.4f}"
+            a = "–" if r["accuracy_mean"] is None else \
+                f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f}"
+            lines.append(f"| {r['policy']} | {r['keep']:.2f} | {r['loss_mean']:.4f} ± "
+                         f"{r['loss_std']:.4f} | {d} | {a} |")
+        return "\n".join(lines) + "\n"
+
+
+def compare_budget_policies(
+    model: nn.Module, train: Any, held_out: Any, *,
+    keeps: Sequence[float] = (0.1, 0.2, 0.3, 0.5),
+    policies: Sequence[str] = POLICIES,
+    seeds: Sequence[int] = (0, 1, 2),
+    block_size: int = 16,
+    importance_steps: int = 8,
+    sensitivity_steps: int = 16,
+    oracle_examples: int = 16,
+    oracle_moves: int = 12,
+    objective: Any = None,
+    accuracy: AccuracySettings | bool = False,
+    internal_batch_size: int = 256,
+    patch_kwargs: Mapping[str, Any] | None = None,
+    on_stage: Any = None,
+) -> PolicyComparison:
+    """Uniform vs importance-adaptive vs sensitivity-adaptive budgets (vs a greedy oracle).
+
+    For each seed s: HeadIG importance (STP) and the sparsity sensitivity at every keep are
+    computed on ``train`` with objective seed s; every policy is then evaluated on
+    ``held_out`` with held-out masks of seed s (each policy sees the same masks: paired
+    differences). All policies spend exactly the uniform total of key blocks. The oracle
+    (greedy, :func:`greedy_oracle`) is searched once per keep on ``oracle_examples``
+    held-out examples (masks of seed 0) and evaluated like the others: a ceiling, since it
+    has seen part of the evaluation data.
+
+    Args:
+        block_size: tokens per block; ``patch_kwargs`` go to the patch (``min_seq_len``
+            is 0 and ``kernel`` "gather" unless given).
+        objective: the objective template (default :class:`MaskedDiffusionObjective`);
+            its mask seed is replaced by each seed.
+        accuracy: exact-match generation accuracy per (policy, keep, seed) (slow).
+    """
+    import dataclasses
+
+    from headig.attribution.estimators import IntegratedGradients
+    from headig.attribution.sensitivity import sparsity_sensitivity
+    from headig.objective import MaskedDiffusionObjective
+    from headig.paths import STP
+    from headig.sparse import ImportanceBudget, SensitivityBudget, UniformBudget, WeightBudget
+
+    bad = [p for p in policies if p not in POLICIES]
+    if bad or not policies:
+        raise ValueError(f"policies={list(policies)}; expected a subset of {list(POLICIES)}")
+    acc_cfg = accuracy if isinstance(accuracy, AccuracySettings) else \
+        AccuracySettings(enabled=bool(accuracy))
+    stage = on_stage or (lambda _m: None)
+    template = default_objective(objective)
+
+    def seeded(seed: int) -> MaskedDiffusionObjective:
+        # a fresh mask cache: replace() would copy (share) the template's cached masks
+        return dataclasses.replace(template, seed=int(seed), _cache={})
+
+    train_items, held = eval_items(train), eval_items(held_out)
+    kw = {"block_size": int(block_size), "min_seq_len": 0, "kernel": "gather",
+          **dict(patch_kwargs or {})}
+    keep_list = sorted({float(k) for k in keeps})
+    oracle_w: dict[float, Tensor] = {}
+    oracle_hist: dict[float, list[float]] = {}
+    if "oracle" in policies:
+        subset = spread(held, oracle_examples)
+        for k in keep_list:
+            stage(f"greedy oracle, keep {k:g}")
+            oracle_w[k], oracle_hist[k] = greedy_oracle(
+                model, subset, k, max_moves=oracle_moves, patch_kwargs=kw,
+                objective=seeded(0),
+                internal_batch_size=internal_batch_size)
+    rows: list[dict[str, Any]] = []
+    completeness: dict[str, dict[str, float]] = {}
+    for s in seeds:
+        obj = seeded(s)
+        imp = None
+        if "adaptive" in policies:
+            stage(f"seed {s}: HeadIG importance on the training split")
+            imp = IntegratedGradients(model, path=STP(), steps=importance_steps,
+                                      objective=obj).attribute(train).to_importance()
+        for k in keep_list:
+            sens = None
+            if "sensitivity" in policies:
+                stage(f"seed {s}: sparsity sensitivity at keep {k:g} on the training split")
+                att = sparsity_sensitivity(model, train, keep=k, steps=sensitivity_steps,
+                                           objective=obj, block_size=kw["block_size"],
+                                           kernel=kw["kernel"])
+                completeness[f"seed{s}_keep{k:g}"] = {
+                    "j_dense_minus_sparse": float((att.j_full - att.j_baseline).mean()),
+                    "mean_abs_residual": float(att.residual.abs().mean())}
+                sens = att.to_importance()
+            built = {"uniform": UniformBudget(k),
+                     "adaptive": ImportanceBudget(imp, k) if imp is not None else None,
+                     "sensitivity": SensitivityBudget(sens, k) if sens is not None else None,
+                     "oracle": WeightBudget(oracle_w[k], k) if k in oracle_w else None}
+            for pol in policies:
+                stage(f"seed {s}: {pol} at keep {k:g} on held-out data")
+                loss = _sparse_loss(model, held, built[pol], obj, kw, internal_batch_size)
+                acc = None
+                if acc_cfg.enabled:
+                    from headig.sparse import SparseAttentionPatch
+
+                    with SparseAttentionPatch(model, built[pol], **kw):
+                        acc = generation_accuracy(model, held, labels=acc_cfg.labels,
+                                                  generate_kwargs=acc_cfg.generate_kwargs,
+                                                  seed=int(s))["accuracy"]
+                rows.append({"policy": pol, "keep": k, "seed": int(s), "loss": loss,
+                             "accuracy": acc})
+    dense = {int(s): _sparse_loss(model, held, None, seeded(s), kw, internal_batch_size)
+             for s in seeds}
+    meta = {"n_train": len(train_items), "n_held_out": len(held), "seeds": list(seeds),
+            "patch": kw, "importance_steps": importance_steps,
+            "sensitivity_steps": sensitivity_steps, "oracle_examples": oracle_examples,
+            "objective": template.settings(), "sensitivity_completeness": completeness,
+            "oracle_history": {str(k): v for k, v in oracle_hist.items()},
+            "dense_loss": dense, "model": getattr(model, "name_or_path", None)}
+    return PolicyComparison(rows=rows, meta=meta)
