@@ -676,7 +676,7 @@ def test_registry_and_budget_policy_errors():
     with pytest.raises(ValueError, match=r"\['min_keep'\] do not apply to the 'uniform' budget"):
         budget_policy("uniform", keep=0.3, min_keep=0.1)
     with pytest.raises(ValueError, match="expected one of"):
-        budget_policy("sensitivity")
+        budget_policy("no_such_policy")
     with pytest.raises(ValueError, match="keep"):
         UniformBudget(1.5)
     with pytest.raises(ValueError, match="min_keep"):

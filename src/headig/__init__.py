@@ -68,7 +68,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DP", "STP", "Attribution", "BudgetPolicy", "DenseBudget", "DiffusionLM", "Estimator",
-    "ExactShapley", "Family", "GatePath", "GradientAtOnes", "HeadGate", "HeadImportance",
+    "ExactShapley", "Family", "SensitivityBudget", "SparsityGate", "WeightBudget",
+    "compare_budget_policies", "sparsity_sensitivity", "GatePath", "GradientAtOnes", "HeadGate", "HeadImportance",
     "HeadMask", "ImportanceBudget", "IntegratedGradients", "Intervention", "LeaveOneOut",
     "MaskedDiffusionObjective", "RunFolder", "ShapleySampling", "SparseAttentionPatch",
     "UniformBudget", "__version__", "as_importance", "budget_policy", "coalition_table",
@@ -89,6 +90,11 @@ _LAZY = {
     "budget_policy": "headig.sparse",
     "generate": "headig.diffusion.generation",
     "loglikelihood": "headig.diffusion.likelihood",
+    "SensitivityBudget": "headig.sparse",
+    "WeightBudget": "headig.sparse",
+    "SparsityGate": "headig.sparse",
+    "sparsity_sensitivity": "headig.attribution.sensitivity",
+    "compare_budget_policies": "headig.validation",
     "prune_sweep": "headig.validation",
     "sparse_sweep": "headig.validation",
     "coalition_table": "headig.validation",

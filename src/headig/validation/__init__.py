@@ -50,9 +50,18 @@ from headig.validation.prune import (
 )
 from headig.validation.report import Report
 from headig.validation.settings import AccuracySettings, EvalSettings
-from headig.validation.sparse import SPARSE_MODES, SparseSweep, auto_block_size, sparse_sweep
+from headig.validation.sparse import (
+    SPARSE_MODES,
+    PolicyComparison,
+    SparseSweep,
+    auto_block_size,
+    compare_budget_policies,
+    greedy_oracle,
+    sparse_sweep,
+)
 
 __all__ = [
+    "PolicyComparison", "compare_budget_policies", "greedy_oracle",
     "ARMS", "DEFAULT_ORACLE_MAX_HEADS", "GRIDS", "SPARSE_MODES", "AccuracySettings",
     "CoalitionTable", "EstimatorRun", "EvalSettings", "Faithfulness", "OracleSettings",
     "PruneSelection", "PruneSweep", "Report", "SparseSweep", "auto_block_size",
