@@ -1,8 +1,8 @@
 """Long-context tasks of the second embedded model, ``tiny-dllm-long``.
 
 The first embedded model sees ~15-token sequences, so sparse attention (blocks of 1 token)
-and head pruning are tested where nearly every head matters. These tasks give ~510-token
-sequences (32 key blocks of 16 tokens) in which a few heads must reach far while the rest
+and head pruning are tested where nearly every head matters. These tasks give 519-547-token
+sequences (32 or more key blocks of 16 tokens) in which a few heads must reach far while the rest
 can stay local, which is what budgeted sparse attention and pruning should tell apart.
 
 Every prompt is a long *context*: a stream of filler syllables that follows a fixed local
@@ -11,8 +11,8 @@ replaced by random ones), with 16 key-value pairs ``k v`` (a letter, then a digi
 are distinct) and one needle ``# d d d`` inserted at random places. Three tasks ask
 different questions about it:
 
-- ``recall`` (multi-query associative recall): ``? k1 .. k8 =`` -> the 8 values. Each
-  answer lives in the block of its key, anywhere in the sequence.
+- ``recall`` (multi-query associative recall): ``? k1 .. k16 =`` (every key, shuffled) ->
+  the 16 values. Each answer lives in the block of its key, anywhere in the sequence.
 - ``needle``: ``? # =`` -> the three digits after ``#``. Other digits (the values) are
   distractors.
 - ``continue``: ``=`` -> the next 8 filler syllables by the local rule. Only the last two
@@ -51,12 +51,12 @@ BOS, EOS, MASK, UNK = "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|unk
 SPECIAL_TOKENS: tuple[str, ...] = (EOS, BOS, MASK, UNK)
 
 N_PAIRS = 16          # key-value pairs per context
-N_QUERIES = 8         # recall questions per example
+N_QUERIES = 16        # recall questions per example (every key, shuffled)
 NEEDLE_LEN = 3        # digits after '#'
 CONTINUE_LEN = 8      # filler syllables to continue
 FILLER_NOISE = 0.1    # share of context syllables replaced by random ones
 MAX_LENGTH = 1024     # model_max_length of the tokenizer, max_sequence_length of the config
-EVAL_CONTEXT = 496    # context tokens of the held-out examples (503-515 tokens in all)
+EVAL_CONTEXT = 512    # context tokens of the held-out examples (519-547 tokens in all)
 EMBEDDED_LONG_NAME = "tiny-dllm-long"
 
 
