@@ -544,6 +544,101 @@ def _card(cfg: LongConfig, command: str, curve: list[dict], seconds: float,
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def reach_check(model: DiffusionLM, tokenizer: Any, examples: list[lc.Example],
+                keeps: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)) -> dict[str, dict[str, float]]:
+    """Held-out token accuracy per task when attention cannot reach everywhere.
+
+    ``local``: every head sees only its own 16-token block and the two neighbours (a
+    sliding window); ``keep=k``: uniform block-sparse attention
+    (:class:`headig.sparse.SparseAttentionPatch`, blocks of 16, every head keeps the
+    fraction k of key blocks it scores highest, diagonal kept). Retrieval tasks should
+    fail under the window while continuation should not care.
+    """
+    from headig.sparse import SparseAttentionPatch
+
+    out = {"dense": token_accuracy(model, tokenizer, examples)}
+    saved = [layer.attn.attn_fn for layer in model.layers]
+
+    def windowed(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None,
+                 module: Any) -> Tensor:
+        blk = torch.arange(q.shape[-2], device=q.device) // BLOCK
+        band = (blk[:, None] - blk[None, :]).abs() <= 1
+        mask = band if mask is None else mask & band
+        return saved[module.layer_idx](q, k, v, mask=mask, module=module)
+
+    try:
+        for layer in model.layers:
+            layer.attn.attn_fn = windowed
+        out["local"] = token_accuracy(model, tokenizer, examples)
+    finally:
+        for layer, fn in zip(model.layers, saved):
+            layer.attn.attn_fn = fn
+    for keep in keeps:
+        with SparseAttentionPatch(model, "uniform", keep=keep, block_size=BLOCK,
+                                  min_seq_len=0, kernel="gather"):
+            out[f"keep={keep}"] = token_accuracy(model, tokenizer, examples)
+    return out
+
+
+def evaluate_and_write(model: DiffusionLM, tokenizer: Any, cfg: LongConfig, folder: Path,
+                       curve: list[dict], seconds: float, command: str, *,
+                       n_ablation: int = 16, progress: bool = True) -> dict[str, Any]:
+    """Held-out accuracy, head statistics and ablations -> ``TRAINING.md``, ``metrics.json``."""
+    eval_set = lc.eval_examples(cfg.seed, cfg.n_eval_per_task)
+    lc.write_jsonl(folder / "eval.jsonl", eval_set)
+    if progress:
+        print("evaluating", file=sys.stderr, flush=True)
+    acc = _tasks.accuracy(model, tokenizer, eval_set, batch_size=32)
+    tok_acc = token_accuracy(model, tokenizer, eval_set)
+    loss = _tasks.completion_loss(model, tokenizer, eval_set, per_task=True, batch_size=32)
+    small = _tasks.subset(eval_set, n_ablation)
+    stats = head_attention_stats(model, small)
+    if progress:
+        print("ablating heads", file=sys.stderr, flush=True)
+    base, tables = head_ablation(model, tokenizer, small, mask_probs=(0.3, 0.7),
+                                 samples_per_prob=1, batch_size=32)
+    labels = classify_heads(stats, tables, base)
+    if progress:
+        print("restricted attention", file=sys.stderr, flush=True)
+    reach = reach_check(model, tokenizer, small)
+    n_params = sum(p.numel() for p in model.parameters())
+    size = (folder / "model.safetensors").stat().st_size
+    eval_len = sum(len(p) + len(c) for p, c in lc.encode_fast(eval_set)) / len(eval_set)
+    card = _card(cfg, command, curve, seconds, acc, tok_acc, loss, stats, base, tables,
+                 labels, n_params, size, eval_len, n_ablation)
+    card += _reach_section(reach, n_ablation)
+    (folder / "TRAINING.md").write_text(card)
+    metrics = {"config": asdict(cfg), "command": command, "seconds": seconds, "curve": curve,
+               "accuracy": acc, "token_accuracy": tok_acc, "loss": loss,
+               "head_stats": {k: v.tolist() for k, v in stats.items()},
+               "ablation_base": base, "ablation": {t: v.tolist() for t, v in tables.items()},
+               "labels": labels, "restricted_attention": reach,
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "n_params": n_params}
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _reach_section(reach: dict[str, dict[str, float]], n: int) -> str:
+    tasks = [t for t in reach["dense"] if t != "all"]
+    lines = [
+        "## Restricted attention",
+        "",
+        f"Held-out token accuracy ({n} examples per task) when every head sees only a "
+        "sliding window of 3 blocks of 16 tokens (`local`), and under uniform block-sparse "
+        "attention (`headig.sparse.SparseAttentionPatch`, blocks of 16, pooled block "
+        "scores, diagonal kept) at each keep ratio "
+        "(`headig.toy.train_long.reach_check`).",
+        "",
+        "| attention | " + " | ".join(tasks) + " |",
+        "|---|" + "---:|" * len(tasks),
+    ]
+    lines += [f"| {name} | " + " | ".join(f"{row[t]:.3f}" for t in tasks) + " |"
+              for name, row in reach.items()]
+    return "\n".join(lines) + "\n"
+
+
 def run(cfg: LongConfig, out: str | os.PathLike, *, command: str | None = None,
         progress: bool = True, eval_every: int = 250, n_ablation: int = 16) -> dict[str, Any]:
     """Train (or resume), save checkpoint + eval data + card + metrics to ``out``."""
@@ -556,33 +651,39 @@ def run(cfg: LongConfig, out: str | os.PathLike, *, command: str | None = None,
     curve, seconds = train(model, tokenizer, cfg, state_path=folder / STATE_FILE,
                            eval_every=eval_every, progress=progress)
     save_checkpoint(model, tokenizer, config, folder)
-    eval_set = lc.eval_examples(cfg.seed, cfg.n_eval_per_task)
-    lc.write_jsonl(folder / "eval.jsonl", eval_set)
-    if progress:
-        print("evaluating", file=sys.stderr, flush=True)
-    acc = _tasks.accuracy(model, tokenizer, eval_set, batch_size=32)
-    tok_acc = token_accuracy(model, tokenizer, eval_set)
-    loss = _tasks.completion_loss(model, tokenizer, eval_set, per_task=True, batch_size=32)
-    small = _tasks.subset(eval_set, n_ablation)
-    stats = head_attention_stats(model, small)
-    base, tables = head_ablation(model, tokenizer, small, mask_probs=(0.3, 0.7),
-                                 samples_per_prob=1, batch_size=32)
-    labels = classify_heads(stats, tables, base)
-    n_params = sum(p.numel() for p in model.parameters())
-    size = (folder / "model.safetensors").stat().st_size
-    eval_len = sum(len(p) + len(c) for p, c in lc.encode_fast(eval_set)) / len(eval_set)
     command = command or f"python -m headig.toy.train_long --out {folder}"
-    (folder / "TRAINING.md").write_text(_card(cfg, command, curve, seconds, acc, tok_acc, loss, stats,
-                                              base, tables, labels, n_params, size, eval_len,
-                                              n_ablation))
-    metrics = {"config": asdict(cfg), "seconds": seconds, "curve": curve, "accuracy": acc,
-               "token_accuracy": tok_acc, "loss": loss, "head_stats": {k: v.tolist() for k, v in stats.items()},
-               "ablation_base": base, "ablation": {t: v.tolist() for t, v in tables.items()},
-               "labels": labels, "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "n_params": n_params}
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics = evaluate_and_write(model, tokenizer, cfg, folder, curve, seconds, command,
+                                 n_ablation=n_ablation, progress=progress)
     (folder / STATE_FILE).unlink(missing_ok=True)
     return metrics
+
+
+def remeasure(out: str | os.PathLike, *, n_ablation: int = 16) -> dict[str, Any]:
+    """Re-run the held-out measurements of a trained folder and rewrite its card.
+
+    Uses the saved checkpoint and the training record in ``metrics.json`` (config, loss
+    curve, seconds), so a card can gain new measurements without retraining.
+    """
+    from headig.models.loading import load_model
+
+    folder = Path(out)
+    old = json.loads((folder / "metrics.json").read_text())
+    cfg = LongConfig(**old["config"])
+    model, tokenizer = load_model(folder, dtype="float32")
+    command = old.get("command") or _command(folder, cfg, old.get("threads"))
+    return evaluate_and_write(model, tokenizer, cfg, folder, old["curve"], old["seconds"],
+                              command, n_ablation=n_ablation)
+
+
+def _command(out: str | os.PathLike, cfg: LongConfig, threads: int | None) -> str:
+    """The shortest command line that reproduces ``cfg`` into ``out``."""
+    defaults = LongConfig()
+    shown = ["python -m headig.toy.train_long", "--out", str(out)]
+    if threads is not None:
+        shown += ["--threads", str(threads)]
+    shown += [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(cfg)
+              if getattr(cfg, f.name) != getattr(defaults, f.name)]
+    return " ".join(shown)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -594,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (fix it for bit-exact reproduction)")
     parser.add_argument("--eval-every", type=int, default=250,
                         help="steps between quick held-out checks (0: none)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="do not train: re-measure the trained --out folder, rewrite its card")
     defaults = LongConfig()
     for f in fields(LongConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
@@ -603,13 +706,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             parser.error(f"--threads {args.threads}: expected a positive integer")
         torch.set_num_threads(args.threads)
-    cfg = LongConfig(**{f.name: getattr(args, f.name) for f in fields(LongConfig)})
-    shown = ["python -m headig.toy.train_long", "--out", args.out]
-    if args.threads is not None:
-        shown += ["--threads", str(args.threads)]
-    shown += [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(cfg)
-              if getattr(cfg, f.name) != getattr(defaults, f.name)]
-    metrics = run(cfg, args.out, command=" ".join(shown), eval_every=args.eval_every)
+    if args.remeasure:
+        metrics = remeasure(args.out)
+    else:
+        cfg = LongConfig(**{f.name: getattr(args, f.name) for f in fields(LongConfig)})
+        metrics = run(cfg, args.out, command=_command(args.out, cfg, args.threads),
+                      eval_every=args.eval_every)
     acc = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
     print(f"trained in {metrics['seconds']:.0f} s; held-out accuracy: {acc}")
     return 0
