@@ -6,21 +6,20 @@ sequences (32 or more key blocks of 16 tokens) in which a few heads must reach f
 can stay local, which is what budgeted sparse attention and pruning should tell apart.
 
 Every prompt is a long *context*: a stream of filler syllables that follows a fixed local
-rule (each syllable is a fixed function of the two before it, except that 10% of them are
+rule (each syllable is a fixed function of the one before it, except that 10% of them are
 replaced by random ones), with 16 key-value pairs ``k v`` (a letter, then a digit; the keys
-are distinct) and one needle ``# d d d`` inserted at random places. Three tasks ask
-different questions about it:
+are distinct) and one needle (a capital letter ``A``..``J``, the only one in the context)
+inserted at random places. Three tasks ask different questions about it:
 
 - ``recall`` (multi-query associative recall): ``? k1 .. k16 =`` (every key, shuffled) ->
   the 16 values. Each answer lives in the block of its key, anywhere in the sequence.
-- ``needle``: ``? # =`` -> the three digits after ``#``. Other digits (the values) are
-  distractors.
-- ``continue``: ``=`` -> the next 8 filler syllables by the local rule. Only the last two
-  context tokens matter.
+- ``needle``: ``? =`` -> the needle. One far block holds it; no key to match.
+- ``continue``: ``=`` -> the next 8 filler syllables by the local rule. Only the last
+  context token matters.
 
 Texts are space-separated words (the word-level tokenizer of :mod:`headig.train_tiny`)::
 
-    recall: la mo # 3 1 4 ku c 7 ... ni ? c h =   ->  " 7 2"
+    recall: la bo D ki c 7 ... h 2 ... ni ? c h ... =   ->  " 7 2 ..."
 
 Generators are deterministic given a ``random.Random``; the train/eval split is by a hash
 of the prompt text (:func:`is_held_out`, 10% held out), so training can draw fresh examples
@@ -44,6 +43,7 @@ import torch
 LONG_TASKS: tuple[str, ...] = ("recall", "needle", "continue")
 KEYS: tuple[str, ...] = tuple("abcdefghijklmnopqrstuvwx")
 DIGITS: tuple[str, ...] = tuple("0123456789")
+NEEDLES: tuple[str, ...] = tuple("ABCDEFGHIJ")
 FILLER: tuple[str, ...] = ("ba", "be", "bi", "bo", "da", "de", "di", "do",
                            "ka", "ke", "ki", "ko", "la", "le", "li", "lo")
 
@@ -52,7 +52,6 @@ SPECIAL_TOKENS: tuple[str, ...] = (EOS, BOS, MASK, UNK)
 
 N_PAIRS = 16          # key-value pairs per context
 N_QUERIES = 16        # recall questions per example (every key, shuffled)
-NEEDLE_LEN = 3        # digits after '#'
 CONTINUE_LEN = 8      # filler syllables to continue
 FILLER_NOISE = 0.1    # share of context syllables replaced by random ones
 MAX_LENGTH = 1024     # model_max_length of the tokenizer, max_sequence_length of the config
@@ -62,46 +61,30 @@ EMBEDDED_LONG_NAME = "tiny-dllm-long"
 
 def vocabulary() -> list[str]:
     """Every token of the long-context model, specials first; the index is the token id."""
-    words = [f"{t}:" for t in LONG_TASKS] + ["=", "?", "#"]
-    return [*SPECIAL_TOKENS, *words, *KEYS, *DIGITS, *FILLER]
+    words = [f"{t}:" for t in LONG_TASKS] + ["=", "?"]
+    return [*SPECIAL_TOKENS, *words, *KEYS, *DIGITS, *NEEDLES, *FILLER]
 
 
-def _longest_cycle(table: list[list[int]]) -> int:
-    n, seen, best = len(table), set(), 0
-    for start in ((a, b) for a in range(n) for b in range(n)):
-        length, state = 0, start
-        while state not in seen:
-            seen.add(state)
-            state = (state[1], table[state[0]][state[1]])
-            length += 1
-        best = max(best, length)
-    return best
+def _filler_rule() -> list[int]:
+    """The local rule: syllable t+1 = rule[syllable t]; fixed, part of the task definition.
 
-
-def _filler_table() -> list[list[int]]:
-    """The local rule: syllable t+1 = table[t-1][t]; fixed, part of the task definition.
-
-    A Latin square (P[(Q[a] + R[b]) mod n]) makes the pair map (a, b) -> (b, c) a
-    bijection, so clean filler runs on cycles instead of collapsing onto a short loop;
-    the first seeded square with a cycle of >= 128 of the 256 pairs is taken, so the
-    stream looks varied and only the last two syllables predict the next.
+    A random cyclic permutation (one cycle through all syllables), so clean filler never
+    gets stuck on a short loop and the previous syllable alone predicts the next.
     """
-    n = len(FILLER)
-    for attempt in range(1000):
-        rng = random.Random(f"headig-long-filler-rule-{attempt}")
-        p, q, r = (rng.sample(range(n), n) for _ in range(3))
-        table = [[p[(q[a] + r[b]) % n] for b in range(n)] for a in range(n)]
-        if _longest_cycle(table) >= 128:
-            return table
-    raise RuntimeError("no filler rule with a long cycle")  # pragma: no cover
+    rng = random.Random("headig-long-filler-rule")
+    order = rng.sample(range(len(FILLER)), len(FILLER))
+    rule = [0] * len(FILLER)
+    for i, w in enumerate(order):
+        rule[w] = order[(i + 1) % len(order)]
+    return rule
 
 
-_TABLE = _filler_table()
+_RULE = _filler_rule()
 
 
-def next_filler(prev2: str, prev1: str) -> str:
-    """The syllable the local rule puts after ``prev2 prev1``."""
-    return FILLER[_TABLE[FILLER.index(prev2)][FILLER.index(prev1)]]
+def next_filler(prev: str) -> str:
+    """The syllable the local rule puts after ``prev``."""
+    return FILLER[_RULE[FILLER.index(prev)]]
 
 
 @dataclass(frozen=True)
@@ -109,7 +92,7 @@ class Example:
     """One task instance; ``prompt + completion`` is the full text.
 
     ``sources`` are the token positions (in the prompt's word list) that hold each
-    answer token's information: the value token for recall, the digit for needle, and
+    answer token's information: the value token for recall, the needle for needle, and
     the last context token for continue. They let the card measure where heads look.
     """
 
@@ -123,28 +106,27 @@ class Example:
 class _Context:
     words: list[str]
     values: dict[str, int]          # key -> position of its value
-    needle: int                     # position of '#'
+    needle: int                     # position of the needle token
 
 
 def make_context(rng: random.Random, length: int) -> _Context:
     """``length`` context tokens: filler with 16 pairs and one needle at random places.
 
-    Insertions never touch the last two tokens, so ``continue`` always sees two filler
-    syllables before ``=``.
+    Insertions never touch the last two tokens, so ``continue`` always ends on filler.
     """
-    n_inserted = 2 * N_PAIRS + 1 + NEEDLE_LEN
+    n_inserted = 2 * N_PAIRS + 1
     shortest = n_inserted + N_PAIRS + 2  # one filler gap per inserted item
     if length < shortest:
         raise ValueError(f"context length {length} is too short; expected >= {shortest}")
     n_filler = length - n_inserted
     stream = [rng.choice(FILLER), rng.choice(FILLER)]
     while len(stream) < n_filler:
-        stream.append(next_filler(stream[-2], stream[-1]))
+        stream.append(next_filler(stream[-1]))
     noisy = [rng.choice(FILLER) if i < n_filler - 2 and rng.random() < FILLER_NOISE else w
              for i, w in enumerate(stream)]
     # choose insertion slots among the first n_filler - 2 gaps, one item per slot
     items: list[list[str]] = [[k, rng.choice(DIGITS)] for k in rng.sample(KEYS, N_PAIRS)]
-    items.append(["#", *(rng.choice(DIGITS) for _ in range(NEEDLE_LEN))])
+    items.append([rng.choice(NEEDLES)])
     rng.shuffle(items)
     slots = sorted(rng.sample(range(n_filler - 1), len(items)))
     words: list[str] = []
@@ -155,7 +137,7 @@ def make_context(rng: random.Random, length: int) -> _Context:
     for i, w in enumerate(noisy):
         while nxt is not None and nxt[0] == i:
             item = nxt[1]
-            if item[0] == "#":
+            if item[0] in NEEDLES:
                 needle = len(words)
             else:
                 values[item[0]] = len(words) + 1
@@ -181,17 +163,16 @@ def gen_recall(rng: random.Random, length: int = EVAL_CONTEXT) -> Example:
 
 def gen_needle(rng: random.Random, length: int = EVAL_CONTEXT) -> Example:
     ctx = make_context(rng, length)
-    src = [ctx.needle + 1 + j for j in range(NEEDLE_LEN)]
-    return _assemble("needle", ctx, ["?", "#", "="], [ctx.words[s] for s in src], src)
+    return _assemble("needle", ctx, ["?", "="], [ctx.words[ctx.needle]], [ctx.needle])
 
 
 def gen_continue(rng: random.Random, length: int = EVAL_CONTEXT) -> Example:
     ctx = make_context(rng, length)
-    seq = list(ctx.words[-2:])
-    while len(seq) < 2 + CONTINUE_LEN:
-        seq.append(next_filler(seq[-2], seq[-1]))
+    seq = [ctx.words[-1]]
+    while len(seq) < 1 + CONTINUE_LEN:
+        seq.append(next_filler(seq[-1]))
     last = len(ctx.words) - 1
-    return _assemble("continue", ctx, ["="], seq[2:], [last] * CONTINUE_LEN)
+    return _assemble("continue", ctx, ["="], seq[1:], [last] * CONTINUE_LEN)
 
 
 GENERATORS: dict[str, Callable[..., Example]] = {
@@ -211,14 +192,12 @@ def reference_answer(prompt: str) -> str:
         ctx, keys = body[:q], body[q + 1:]
         out = [ctx[ctx.index(k) + 1] for k in keys]
     elif task == "needle":
-        ctx = body[:-2]
-        at = ctx.index("#")
-        out = ctx[at + 1: at + 1 + NEEDLE_LEN]
+        out = [w for w in body if w in NEEDLES]
     else:
-        out = list(body[-2:])
-        while len(out) < 2 + CONTINUE_LEN:
-            out.append(next_filler(out[-2], out[-1]))
-        out = out[2:]
+        out = [body[-1]]
+        while len(out) < 1 + CONTINUE_LEN:
+            out.append(next_filler(out[-1]))
+        out = out[1:]
     return " " + " ".join(out)
 
 

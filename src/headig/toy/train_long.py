@@ -57,13 +57,14 @@ class LongConfig:
     n_layers: int = 4
     n_heads: int = 8
     n_kv_heads: int = 4
-    head_dim: int = 16
-    mlp_hidden: int = 256
-    embedding_size: int = 64
-    steps: int = 3000
+    head_dim: int = 12
+    mlp_hidden: int = 192
+    embedding_size: int = 80
+    steps: int = 2500
     tokens_per_batch: int = 3072
     min_ctx: int = 64
     max_ctx: int = 512
+    ramp: float = 0.4
     lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.1
@@ -85,6 +86,8 @@ class LongConfig:
         if not 64 <= self.min_ctx <= self.max_ctx <= lc.MAX_LENGTH - 32:
             raise ValueError(f"min_ctx={self.min_ctx}, max_ctx={self.max_ctx}; expected "
                              f"64 <= min_ctx <= max_ctx <= {lc.MAX_LENGTH - 32}")
+        if not 0.0 <= self.ramp <= 1.0:
+            raise ValueError(f"ramp={self.ramp}; expected a share of the steps in [0, 1]")
         if self.embedding_size < len(lc.vocabulary()):
             raise ValueError(f"embedding_size={self.embedding_size} is smaller than the "
                              f"vocabulary ({len(lc.vocabulary())} tokens)")
@@ -137,12 +140,16 @@ def save_checkpoint(model: DiffusionLM, tokenizer: Any, config: dict[str, Any],
 def step_shape(cfg: LongConfig, step: int) -> tuple[int, int]:
     """(rows, context length) of a step: a random length, rows filling the token budget.
 
-    The length is log-uniform in ``min_ctx .. max_ctx``: many short contexts (many answers
+    The length is log-uniform in ``min_ctx .. top``: many short contexts (many answers
     per token, where retrieval is found fast) and enough long ones to work at full length.
+    ``top`` grows linearly from ``min_ctx`` to ``max_ctx`` over the first ``ramp`` share of
+    the steps (a length curriculum; 0 = full range from the start).
     """
     rng = random.Random(f"headig-long-shape-{cfg.seed}-{step}")
-    length = round(math.exp(rng.uniform(math.log(cfg.min_ctx), math.log(cfg.max_ctx))))
-    per_row = length + 2 + lc.N_QUERIES * 2 + cfg.max_eos  # header, '?', queries, answers
+    frac = 1.0 if cfg.ramp <= 0 else min(1.0, step / (cfg.ramp * cfg.steps))
+    top = cfg.min_ctx + frac * (cfg.max_ctx - cfg.min_ctx)
+    length = round(math.exp(rng.uniform(math.log(cfg.min_ctx), math.log(top))))
+    per_row = length + 3 + lc.N_QUERIES * 2 // 3 + cfg.max_eos  # mean over the 3 tasks
     rows = max(len(lc.LONG_TASKS), cfg.tokens_per_batch // per_row)
     return rows - rows % len(lc.LONG_TASKS), length
 
@@ -445,21 +452,22 @@ def _card(cfg: LongConfig, command: str, curve: list[dict], seconds: float,
         f"{cfg.mlp_hidden}, RoPE, RMSNorm, no dropout, untied output; max length "
         f"{lc.MAX_LENGTH}.",
         f"- Vocabulary: {len(lc.vocabulary())} word-level tokens (embedding rows "
-        f"{cfg.embedding_size}): 24 keys `a`..`x`, digits, 16 filler syllables, `? = #`, "
+        f"{cfg.embedding_size}): 24 keys `a`..`x`, digits, 10 needles `A`..`J`, 16 filler "
+        "syllables, `? =`, "
         "3 task headers, the LLaDA specials.",
         f"- {n_params:,} parameters, float32, {size_bytes / 1e6:.2f} MB.",
         "",
         "## Data",
         "",
-        "- Context: filler syllables where each is a fixed function of the two before it "
+        "- Context: filler syllables where each is a fixed function of the one before it "
         f"({int(lc.FILLER_NOISE * 100)}% replaced at random), with {lc.N_PAIRS} key-value "
-        f"pairs `k d` and one needle `# d d d` at random places.",
+        "pairs `k d` and one needle (a capital letter, the only one) at random places.",
         f"- `recall: CONTEXT ? k1 .. k{lc.N_QUERIES} =` -> the {lc.N_QUERIES} values; "
-        f"`needle: CONTEXT ? # =` -> the {lc.NEEDLE_LEN} digits after `#`; "
+        "`needle: CONTEXT ? =` -> the needle; "
         f"`continue: CONTEXT =` -> the next {lc.CONTINUE_LEN} syllables by the rule.",
         "- Training examples are drawn fresh each step from the seed "
         "(`headig.toy.long_context.train_batch(seed, step, rows, length)`; no `train.jsonl` "
-        f"is stored), context length log-uniform in {cfg.min_ctx}..{cfg.max_ctx} per step, "
+        f"is stored), context length log-uniform in {cfg.min_ctx}..top per step, top rising from {cfg.min_ctx} to {cfg.max_ctx} over the first {cfg.ramp:.0%} of the steps, "
         f"{cfg.tokens_per_batch} context tokens per batch, tasks in equal shares.",
         f"- `eval.jsonl`: {cfg.n_eval_per_task} held-out examples per task, context "
         f"{lc.EVAL_CONTEXT} tokens ({eval_len:.0f} tokens with the answer on average), "
