@@ -79,7 +79,7 @@ def test_tokenizer_matches_fast_encoding():
 
 
 TINY = dict(n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, mlp_hidden=16, steps=4,
-            tokens_per_batch=300, min_ctx=64, max_ctx=80, warmup=1)
+            tokens_per_batch=300, min_ctx=16, max_ctx=80, warmup=1)
 
 
 def _fresh(cfg: tl.LongConfig) -> torch.nn.Module:

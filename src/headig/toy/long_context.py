@@ -8,7 +8,7 @@ can stay local, which is what budgeted sparse attention and pruning should tell 
 Every prompt is a long *context*: a stream of filler syllables that follows a fixed local
 rule (each syllable is a fixed function of the one before it, except that 10% of them are
 replaced by random ones), with 16 key-value pairs ``k v`` (a letter, then a digit; the keys
-are distinct) and one needle (a capital letter ``A``..``J``, the only one in the context)
+are distinct; shorter training contexts have fewer) and one needle (a capital letter ``A``..``J``, the only one in the context)
 inserted at random places. Three tasks ask different questions about it:
 
 - ``recall`` (multi-query associative recall): ``? k1 .. k16 =`` (every key, shuffled) ->
@@ -51,7 +51,7 @@ BOS, EOS, MASK, UNK = "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|unk
 SPECIAL_TOKENS: tuple[str, ...] = (EOS, BOS, MASK, UNK)
 
 N_PAIRS = 16          # key-value pairs per context
-N_QUERIES = 16        # recall questions per example (every key, shuffled)
+N_QUERIES = 16        # recall questions at full length (every key, shuffled)
 CONTINUE_LEN = 8      # filler syllables to continue
 FILLER_NOISE = 0.1    # share of context syllables replaced by random ones
 MAX_LENGTH = 1024     # model_max_length of the tokenizer, max_sequence_length of the config
@@ -109,13 +109,20 @@ class _Context:
     needle: int                     # position of the needle token
 
 
+def pairs_for(length: int) -> int:
+    """Key-value pairs in a context of ``length`` tokens: 16 from 384 tokens on, fewer in
+    shorter ones (at least 2), so short training contexts stay mostly filler."""
+    return max(2, min(N_PAIRS, length // 24))
+
+
 def make_context(rng: random.Random, length: int) -> _Context:
-    """``length`` context tokens: filler with 16 pairs and one needle at random places.
+    """``length`` context tokens: filler with :func:`pairs_for` pairs and one needle.
 
     Insertions never touch the last two tokens, so ``continue`` always ends on filler.
     """
-    n_inserted = 2 * N_PAIRS + 1
-    shortest = n_inserted + N_PAIRS + 2  # one filler gap per inserted item
+    n_pairs = pairs_for(length)
+    n_inserted = 2 * n_pairs + 1
+    shortest = n_inserted + n_pairs + 3  # one filler gap per inserted item
     if length < shortest:
         raise ValueError(f"context length {length} is too short; expected >= {shortest}")
     n_filler = length - n_inserted
@@ -125,7 +132,7 @@ def make_context(rng: random.Random, length: int) -> _Context:
     noisy = [rng.choice(FILLER) if i < n_filler - 2 and rng.random() < FILLER_NOISE else w
              for i, w in enumerate(stream)]
     # choose insertion slots among the first n_filler - 2 gaps, one item per slot
-    items: list[list[str]] = [[k, rng.choice(DIGITS)] for k in rng.sample(KEYS, N_PAIRS)]
+    items: list[list[str]] = [[k, rng.choice(DIGITS)] for k in rng.sample(KEYS, n_pairs)]
     items.append([rng.choice(NEEDLES)])
     rng.shuffle(items)
     slots = sorted(rng.sample(range(n_filler - 1), len(items)))
@@ -156,7 +163,7 @@ def _assemble(task: str, ctx: _Context, tail: Sequence[str], answer: Sequence[st
 
 def gen_recall(rng: random.Random, length: int = EVAL_CONTEXT) -> Example:
     ctx = make_context(rng, length)
-    keys = rng.sample(sorted(ctx.values), N_QUERIES)
+    keys = rng.sample(sorted(ctx.values), len(ctx.values))
     answer = [ctx.words[ctx.values[k]] for k in keys]
     return _assemble("recall", ctx, ["?", *keys, "="], answer, [ctx.values[k] for k in keys])
 

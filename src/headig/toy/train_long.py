@@ -62,7 +62,7 @@ class LongConfig:
     embedding_size: int = 80
     steps: int = 2500
     tokens_per_batch: int = 3072
-    min_ctx: int = 64
+    min_ctx: int = 16
     max_ctx: int = 512
     ramp: float = 0.4
     lr: float = 3e-3
@@ -83,9 +83,9 @@ class LongConfig:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of "
                              f"n_kv_heads={self.n_kv_heads}")
-        if not 64 <= self.min_ctx <= self.max_ctx <= lc.MAX_LENGTH - 32:
+        if not 16 <= self.min_ctx <= self.max_ctx <= lc.MAX_LENGTH - 32:
             raise ValueError(f"min_ctx={self.min_ctx}, max_ctx={self.max_ctx}; expected "
-                             f"64 <= min_ctx <= max_ctx <= {lc.MAX_LENGTH - 32}")
+                             f"16 <= min_ctx <= max_ctx <= {lc.MAX_LENGTH - 32}")
         if not 0.0 <= self.ramp <= 1.0:
             raise ValueError(f"ramp={self.ramp}; expected a share of the steps in [0, 1]")
         if self.embedding_size < len(lc.vocabulary()):
@@ -149,7 +149,7 @@ def step_shape(cfg: LongConfig, step: int) -> tuple[int, int]:
     frac = 1.0 if cfg.ramp <= 0 else min(1.0, step / (cfg.ramp * cfg.steps))
     top = cfg.min_ctx + frac * (cfg.max_ctx - cfg.min_ctx)
     length = round(math.exp(rng.uniform(math.log(cfg.min_ctx), math.log(top))))
-    per_row = length + 3 + lc.N_QUERIES * 2 // 3 + cfg.max_eos  # mean over the 3 tasks
+    per_row = length + 3 + lc.pairs_for(length) * 2 // 3 + cfg.max_eos  # mean over tasks
     rows = max(len(lc.LONG_TASKS), cfg.tokens_per_batch // per_row)
     return rows - rows % len(lc.LONG_TASKS), length
 
@@ -350,7 +350,7 @@ def head_attention_stats(model: DiffusionLM, examples: list[lc.Example],
                     src_rows = [(n_prompt + j, s) for j, s in enumerate(ex.sources)]
                     chance.append(BLOCK / n)
                 if ex.task == "recall":
-                    first_key = n_prompt - 1 - lc.N_QUERIES
+                    first_key = n_prompt - 1 - len(ex.sources)
                     q_rows = [(first_key + j, s) for j, s in enumerate(ex.sources)]
                 for layer in range(n_l):
                     p = captured[layer][r, :, :n, :n].double()  # [H, n, n]
