@@ -129,6 +129,22 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
         tl.train(_fresh(cfg), tok, tl.LongConfig(**{**TINY, "lr": 1e-3}), state_path=state)
 
 
+def test_head_statistics_are_fractions_and_restore_attention():
+    cfg = tl.LongConfig(**TINY)
+    model = _fresh(cfg).eval()
+    fns = [layer.attn.attn_fn for layer in model.layers]
+    rng = random.Random(0)
+    ex = [lc.GENERATORS[t](rng, 48) for t in lc.LONG_TASKS]
+    stats = tl.head_attention_stats(model, ex)
+    assert [layer.attn.attn_fn for layer in model.layers] == fns
+    for key in ("local", "source", "source_q"):
+        assert stats[key].shape == (1, 2)
+        assert float(stats[key].min()) >= 0.0 and float(stats[key].max()) <= 1.0 + 1e-9
+    # an untrained head spreads attention about evenly: source mass near one block's share
+    assert abs(float(stats["source"].mean()) - float(stats["chance"])) < 0.1
+    assert float(stats["distance"].min()) > 5.0
+
+
 asset = pytest.mark.skipif(
     not (lc.Path(__file__).parents[1] / "src/headig/assets" / lc.EMBEDDED_LONG_NAME
          / "model.safetensors").is_file(), reason="tiny-dllm-long asset not built")

@@ -1,8 +1,8 @@
 """Long-context tasks of the second embedded model, ``tiny-dllm-long``.
 
 The first embedded model sees ~15-token sequences, so sparse attention (blocks of 1 token)
-and head pruning are tested where nearly every head matters. These tasks give 519-547-token
-sequences (32 or more key blocks of 16 tokens) in which a few heads must reach far while the rest
+and head pruning are tested where nearly every head matters. These tasks give 516-547-token
+sequences (33-35 key blocks of 16 tokens) in which a few heads must reach far while the rest
 can stay local, which is what budgeted sparse attention and pruning should tell apart.
 
 Every prompt is a long *context*: a stream of filler syllables that follows a fixed local
@@ -55,7 +55,7 @@ N_QUERIES = 16        # recall questions at full length (every key, shuffled)
 CONTINUE_LEN = 8      # filler syllables to continue
 FILLER_NOISE = 0.1    # share of context syllables replaced by random ones
 MAX_LENGTH = 1024     # model_max_length of the tokenizer, max_sequence_length of the config
-EVAL_CONTEXT = 512    # context tokens of the held-out examples (519-547 tokens in all)
+EVAL_CONTEXT = 512    # context tokens of the held-out examples (516-547 tokens in all)
 EMBEDDED_LONG_NAME = "tiny-dllm-long"
 
 
