@@ -303,13 +303,16 @@ def head_attention_stats(model: DiffusionLM, examples: list[lc.Example],
       16-token block holding their answer's source token;
     - ``source_q``: the same for recall's query keys (the ``k`` after ``?``), whose
       partner value sits in that block;
+    - ``needle_all``: mass that *every* query position of the needle examples puts on the
+      needle's block (heads that broadcast the far needle to the whole sequence);
+    - ``near``: mass on the two tokens on either side of the query (n-gram heads);
     - ``chance``: the source mass a uniform head would give (one block of the sequence).
     """
     fam = model.family
     n_l, n_h = fam.n_layers, fam.n_heads
     sums = {k: torch.zeros(n_l, n_h, dtype=torch.float64)
-            for k in ("distance", "local", "source", "source_q")}
-    counts = {"distance": 0, "source": 0, "source_q": 0}
+            for k in ("distance", "local", "source", "source_q", "needle_all", "near")}
+    counts = {"distance": 0, "source": 0, "source_q": 0, "needle_all": 0}
     chance: list[float] = []
     captured: dict[int, Tensor] = {}
 
@@ -342,6 +345,8 @@ def head_attention_stats(model: DiffusionLM, examples: list[lc.Example],
                 dist = (pos[:, None] - pos[None, :]).abs().double()
                 blk = pos // BLOCK
                 near = ((blk[:, None] - blk[None, :]).abs() <= 1).double()
+                offs = (pos[:, None] - pos[None, :]).abs()
+                adjacent = ((offs >= 1) & (offs <= 2)).double()
                 ex, n_prompt = examples[i], len(pairs[i][0])
                 counts["distance"] += n
                 src_rows: list[tuple[int, int]] = []  # (query row, source position)
@@ -356,12 +361,17 @@ def head_attention_stats(model: DiffusionLM, examples: list[lc.Example],
                     p = captured[layer][r, :, :n, :n].double()  # [H, n, n]
                     sums["distance"][layer] += (p * dist).sum((-1, -2))
                     sums["local"][layer] += (p * near).sum((-1, -2))
+                    sums["near"][layer] += (p * adjacent).sum((-1, -2))
+                    if ex.task == "needle":
+                        b0 = (ex.sources[0] // BLOCK) * BLOCK
+                        sums["needle_all"][layer] += p[:, :, b0: b0 + BLOCK].sum((-1, -2))
                     for key, sel in (("source", src_rows), ("source_q", q_rows)):
                         for row, s in sel:
                             b0 = (s // BLOCK) * BLOCK
                             sums[key][layer] += p[:, row, b0: b0 + BLOCK].sum(-1)
                 counts["source"] += len(src_rows)
                 counts["source_q"] += len(q_rows)
+                counts["needle_all"] += n if ex.task == "needle" else 0
             captured.clear()
     finally:
         for a, fn in zip(attns, saved):
@@ -369,7 +379,9 @@ def head_attention_stats(model: DiffusionLM, examples: list[lc.Example],
     out = {"distance": sums["distance"] / counts["distance"],
            "local": sums["local"] / counts["distance"],
            "source": sums["source"] / max(1, counts["source"]),
-           "source_q": sums["source_q"] / max(1, counts["source_q"])}
+           "source_q": sums["source_q"] / max(1, counts["source_q"]),
+           "needle_all": sums["needle_all"] / max(1, counts["needle_all"]),
+           "near": sums["near"] / counts["distance"]}
     out["chance"] = torch.tensor(sum(chance) / max(1, len(chance)))
     return out
 
@@ -398,18 +410,19 @@ def head_ablation(model: DiffusionLM, tokenizer: Any, examples: list[lc.Example]
 def classify_heads(stats: dict[str, Tensor], ablation: dict[str, Tensor],
                    base: dict[str, float]) -> list[list[str]]:
     """A label per head: ``retrieval`` (>= 5x chance mass on the answer's source block from
-    the answers or the recall queries), else ``local`` (>= 50% of the mass within one
-    block), else ``mixed``."""
+    the answers, the recall queries or, for the needle, from every position), else
+    ``local`` (>= 25% of the mass on the two tokens either side, or >= 50% within the
+    query's block and its neighbours), else ``mixed``."""
     chance = float(stats["chance"])
     n_l, n_h = stats["local"].shape
     labels = []
     for layer in range(n_l):
         row = []
         for h in range(n_h):
-            src = max(float(stats["source"][layer, h]), float(stats["source_q"][layer, h]))
+            src = max(float(stats[k][layer, h]) for k in ("source", "source_q", "needle_all"))
             if src >= 5 * chance:
                 row.append("retrieval")
-            elif float(stats["local"][layer, h]) >= 0.5:
+            elif float(stats["near"][layer, h]) >= 0.25 or float(stats["local"][layer, h]) >= 0.5:
                 row.append("local")
             else:
                 row.append("mixed")
@@ -518,15 +531,18 @@ def _card(cfg: LongConfig, command: str, curve: list[dict], seconds: float,
         "tokens masked (`headig.toy.train_long.head_attention_stats`). *dist*: mean "
         "|query - key| distance; *local*: mass within the query's 16-token block and its "
         "neighbours; *src ans*: mass from recall/needle answer positions on the block of "
-        "their source token; *src q*: the same from recall's query keys "
-        f"(a uniform head gives {chance:.3f}). Ablation: held-out loss increase per task "
+        "their source token; *src q*: the same from recall's query keys; *needle*: mass from "
+        "every position of the needle examples on the needle's block "
+        f"(a uniform head gives {chance:.3f} on one block); *adj*: mass on the 2 tokens either "
+        "side. Ablation: held-out loss increase per task "
         "when that head alone is zeroed (`headig.HeadGate`), mask probabilities 0.3/0.7, "
         f"clean loss recall {base['recall']:.3f}, needle {base['needle']:.3f}, continue "
-        f"{base['continue']:.3f}. Label: retrieval if src >= 5x uniform, else local if local "
-        ">= 0.5, else mixed.",
+        f"{base['continue']:.3f}. Label: retrieval if src ans, src q or needle >= 5x "
+        "uniform, else local if adj >= 0.25 or local >= 0.5, else mixed.",
         "",
-        "| head | label | dist | local | src ans | src q | Δ recall | Δ needle | Δ continue |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| head | label | dist | local | adj | src ans | src q | needle | Δ recall | Δ needle "
+        "| Δ continue |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for layer in range(n_l):
         for h in range(n_h):
@@ -534,8 +550,10 @@ def _card(cfg: LongConfig, command: str, curve: list[dict], seconds: float,
             lines.append(
                 f"| L{layer}.H{h} | {labels[layer][h]} | {float(stats['distance'][layer, h]):.1f}"
                 f" | {float(stats['local'][layer, h]):.2f}"
+                f" | {float(stats['near'][layer, h]):.2f}"
                 f" | {float(stats['source'][layer, h]):.3f}"
                 f" | {float(stats['source_q'][layer, h]):.3f}"
+                f" | {float(stats['needle_all'][layer, h]):.3f}"
                 f" | {d['recall']:+.3f} | {d['needle']:+.3f} | {d['continue']:+.3f} |")
     counts: dict[str, int] = defaultdict(int)
     for row in labels:
@@ -619,7 +637,7 @@ def evaluate_and_write(model: DiffusionLM, tokenizer: Any, cfg: LongConfig, fold
     eval_len = sum(len(p) + len(c) for p, c in lc.encode_fast(eval_set)) / len(eval_set)
     card = _card(cfg, command, curve, seconds, acc, tok_acc, loss, stats, base, tables,
                  labels, n_params, size, eval_len, n_ablation)
-    card += _reach_section(reach, n_ablation)
+    card += "\n" + _reach_section(reach, n_ablation)
     (folder / "TRAINING.md").write_text(card)
     metrics = {"config": asdict(cfg), "command": command, "seconds": seconds, "curve": curve,
                "accuracy": acc, "token_accuracy": tok_acc, "loss": loss,
