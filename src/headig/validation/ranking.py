@@ -37,7 +37,8 @@ Attribute = Callable[[nn.Module, Any], Tensor]
 """(model, attribution batch) -> [L, H] scores, positive = the head helps."""
 
 __all__ = ["ESTIMATORS", "RANKED_ARMS", "RANKINGS", "Attribute", "HeadOrder", "RankingSettings",
-           "attributor", "head_orders", "iterative_order", "order_from_scores"]
+           "attribution_kwargs_from_meta", "attributor", "head_orders", "iterative_order",
+           "order_from_scores"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,36 @@ def order_from_scores(scores: Any, arm: str, *, layers: Sequence[int], by: str =
     idx = torch.sort(-flat if arm == "most" else flat, stable=True).indices.tolist()
     idx = idx if n is None else idx[:n]
     return [(int(layers[i // n_heads]), int(i % n_heads)) for i in idx]
+
+
+def attribution_kwargs_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """HeadIG keyword arguments that reproduce a score file's settings (its ``meta``).
+
+    Lets the iterative ranking re-attribute exactly as the one-shot scores were computed
+    (path, steps, rule, seed, baseline, postprocess, objective). Settings the file does not
+    record keep the estimator's defaults; a file from another estimator gives {}.
+    """
+    from headig.objective import MaskedDiffusionObjective
+    from headig.paths import DP, STP
+
+    if meta.get("estimator") != "integrated_gradients":
+        return {}
+    out: dict[str, Any] = {}
+    if meta.get("path") == "DP":
+        out["path"] = DP()
+    elif meta.get("path") == "STP":
+        out["path"] = STP(**{k: meta[k] for k in ("samples", "ramp", "width", "sampling")
+                             if k in meta})
+    for key in ("steps", "rule", "seed", "baseline", "postprocess"):
+        if meta.get(key) is not None:
+            out[key] = meta[key]
+    if "mask_probs" in meta and not meta.get("explicit_masks"):
+        out["objective"] = MaskedDiffusionObjective(
+            mask_probs=tuple(meta["mask_probs"]),
+            mask_samples_per_prob=int(meta.get("mask_samples_per_prob", 2)),
+            loss_normalize=meta.get("loss_normalize", "mean_masked"),
+            seed=int(meta.get("mask_seed", 0)))
+    return out
 
 
 def attributor(estimator: str = "headig", **kwargs: Any) -> Attribute:
