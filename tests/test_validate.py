@@ -289,7 +289,38 @@ def test_cli_validate_prune_and_sparse_end_to_end(tiny, tmp_path, capsys):
     assert (tmp_path / "s" / "sparse.png").is_file()
 
 
+def test_cli_validate_prune_compares_rankings(tiny, tmp_path, capsys):
+    """--ranking oneshot,iterative,loo: one report, iterative re-attributing with the score
+    file's HeadIG settings on the training split."""
+    from headig.cli.main import main
+
+    model, _, encode = tiny
+    attr, _, _ = encode("train", 1)
+    scores = tmp_path / "scores.safetensors"
+    integrated_gradients(model, attr, path=STP(samples=1), steps=2).save(scores)
+    rc = main(["validate", "prune", "--scores", str(scores), "--k", "1,2", "--limit", "6",
+               "--random_seeds", "2", "--oracle", "no", "--accuracy", "no",
+               "--mask_probs", "0.5", "--mask_samples_per_prob", "1",
+               "--ranking", "oneshot,iterative,loo", "--ranking_limit", "6",
+               "--out", str(tmp_path / "p"), "--no_progress"])
+    assert rc == 0
+    out = json.loads((tmp_path / "p" / "prune.json").read_text())
+    assert out["meta"]["rankings"] == ["oneshot", "iterative", "loo"]
+    rows = {(r["arm"], r["ranking"], r["k"]) for r in out["table"]}
+    assert ("least", "iterative", 2) in rows and ("random", "", 2) in rows
+    it = out["meta"]["ranking_meta"]["iterative"]
+    assert it["estimator"] == "headig" and len(it["step_scores"]["least"]) == 2
+    # step 0 of the greedy loop re-computes the one-shot file exactly (same settings, data)
+    saved = torch.tensor(it["step_scores"]["least"][0])
+    torch.testing.assert_close(saved, integrated_gradients(model, attr, path=STP(samples=1),
+                                                           steps=2).scores)
+    assert "| 2 | least | loo |" in capsys.readouterr().out
+    assert (tmp_path / "p" / "prune.png").is_file()
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--k", "1", "--ranking", "oneshot,best"], "unknown ranking"),
+    (["--k", "1", "--ranking_limit", "0"], "ranking_limit"),
     (["--k", "1", "--k_frac", "0.1"], "exactly one of --k"),
     (["--k", "1,x"], "comma-separated"),
     (["--k", "1", "--which", "most,best"], "unknown arm"),
