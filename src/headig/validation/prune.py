@@ -154,6 +154,11 @@ class PruneSweep(Report):
             all k-subsets (random pruning's expectation), each arm's loss and fidelity.
         fidelity: summary fidelity per arm over all k (pooled, see
             :mod:`headig.validation.coalitions`).
+
+    A sweep that compared rankings (``prune_sweep(..., ranking=...)``) tags runs and oracle
+    rows with their ``ranking``, keys the fidelity "<ranking> <arm>", lists the rankings
+    in ``meta["rankings"]`` and their orders' provenance in ``meta["ranking_meta"]``;
+    :meth:`for_ranking` gives one ranking's view in the plain layout.
     """
 
     ks: list[int]
