@@ -14,6 +14,7 @@ and ``headig demo``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -323,6 +324,21 @@ def register(subparsers: Any) -> None:
     g.add_argument(*flags("--oracle_max_heads"), type=int, default=16,
                    help="largest number of prunable heads for the oracle (2^n subsets)")
     add_objective_arguments(g)
+    g = pp.add_argument_group("ranking (which heads most / least remove)")
+    g.add_argument("--ranking", default="oneshot",
+                   help="any of oneshot (the --scores as given), iterative (greedy: "
+                        "re-attribute on the pruned model, remove one head, repeat), loo "
+                        "(leave-one-out scores); several are compared in one report")
+    g.add_argument(*flags("--iterative_estimator"), choices=("headig", "loo"),
+                   default="headig",
+                   help="what iterative re-attributes with: HeadIG with the settings recorded "
+                        "in --scores, or leave-one-out")
+    g.add_argument(*flags("--ranking_data"), default=None,
+                   help="attribution examples for iterative / loo (never the held-out data; "
+                        "default with the embedded model: embedded:train)")
+    g.add_argument(*flags("--ranking_limit"), type=int, default=48,
+                   help="attribution examples for iterative / loo (embedded data: the same "
+                        "number from every task)")
     g = pp.add_argument_group("output")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
@@ -414,6 +430,13 @@ def run_prune(args: argparse.Namespace) -> int:
         raise ValueError(f"--random_seeds={args.random_seeds}; expected >= 1")
     if args.oracle_examples < 1:
         raise ValueError(f"--oracle_examples={args.oracle_examples}; expected >= 1")
+    rankings = list(dict.fromkeys(parse_list(args.ranking, str, "ranking")))
+    bad = [r for r in rankings if r not in ("oneshot", "iterative", "loo")]
+    if bad:
+        raise ValueError(f"--ranking {args.ranking}: unknown ranking(s) {bad}; expected "
+                         "oneshot, iterative, loo")
+    if args.ranking_limit < 1:
+        raise ValueError(f"--ranking_limit={args.ranking_limit}; expected >= 1")
     objective = objective_from_args(args)
     out = check_out(args.out, ["prune.csv", "prune.json", "prune.md"], args.overwrite)
     imp = load_importance(args.scores, args.original_sign)
@@ -435,8 +458,11 @@ def run_prune(args: argparse.Namespace) -> int:
     encoded, labels, desc = load_data_from_args(args, tokenizer, embedded)
     say(f"data: {desc}")
     accuracy = want_accuracy(args.accuracy, labels)
+    ranking = None
+    if rankings != ["oneshot"]:
+        ranking = ranking_from_args(args, rankings, tokenizer, embedded, imp)
     t0 = time.time()
-    with torch.no_grad():
+    with torch.no_grad() if ranking is None else contextlib.nullcontext():
         sweep = prune_sweep(
             model, encoded, imp,
             PruneSelection(ks=ks, k_fracs=k_fracs, arms=arms, random_seeds=args.random_seeds,
@@ -447,12 +473,36 @@ def run_prune(args: argparse.Namespace) -> int:
             evaluation=EvalSettings(objective=objective,
                                     internal_batch_size=rows_per_forward(args, encoded),
                                     progress=not args.no_progress,
-                                    on_stage=lambda m: say(f"... {m}")))
+                                    on_stage=lambda m: say(f"... {m}")),
+            ranking=ranking)
     sweep.meta.update({"scores": str(args.scores), "data": desc, "seconds": time.time() - t0})
     files = sweep.save(out, plot=not args.no_plot)
     print(sweep.to_markdown())
     say(f"wrote {', '.join(str(f) for f in files.values())} ({time.time() - t_start:.0f} s)")
     return 0
+
+
+def ranking_from_args(args: argparse.Namespace, rankings: list[str], tokenizer: Any,
+                      embedded: bool, imp: Any) -> Any:
+    """RankingSettings for --ranking: attribution data from --ranking_data (the training
+    split), HeadIG settings from the score file so iterative re-attributes like it."""
+    from headig.validation.ranking import RankingSettings, attribution_kwargs_from_meta
+
+    batch = None
+    if any(r != "oneshot" for r in rankings):
+        if args.ranking_data is None and not embedded:
+            raise ValueError("--ranking iterative / loo attribute on training examples: pass "
+                             "--ranking_data (not the held-out --data)")
+        attr_args = argparse.Namespace(**{**vars(args), "data": args.ranking_data,
+                                          "limit": args.ranking_limit})
+        batch, _, attr_desc = load_data_from_args(attr_args, tokenizer, embedded,
+                                                  default_split="train")
+        say(f"ranking data: {attr_desc}")
+    kwargs = attribution_kwargs_from_meta(dict(imp.meta or {}))
+    if "iterative" in rankings and args.iterative_estimator == "headig" and not kwargs:
+        say("... --scores records no HeadIG settings; iterative uses HeadIG's defaults")
+    return RankingSettings(methods=rankings, batch=batch, estimator=args.iterative_estimator,
+                           attribution_kwargs=kwargs)
 
 
 # ----------------------------------------------------------------------------- sparse
