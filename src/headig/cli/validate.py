@@ -330,9 +330,10 @@ def register(subparsers: Any) -> None:
                         "re-attribute on the pruned model, remove one head, repeat), loo "
                         "(leave-one-out scores); several are compared in one report")
     g.add_argument(*flags("--iterative_estimator"), choices=("headig", "loo"),
-                   default="headig",
-                   help="what iterative re-attributes with: HeadIG with the settings recorded "
-                        "in --scores, or leave-one-out")
+                   default="loo",
+                   help="what iterative re-attributes with: leave-one-out (default; it found "
+                        "the dispensable heads best in the measured comparison) or HeadIG with "
+                        "the settings recorded in --scores")
     g.add_argument(*flags("--ranking_data"), default=None,
                    help="attribution examples for iterative / loo (never the held-out data; "
                         "default with the embedded model: embedded:train)")

@@ -49,8 +49,9 @@ class RankingSettings:
         methods: any of "oneshot", "iterative", "loo", compared in one sweep.
         batch: attribution examples (the training split, never the held-out data);
             needed by "iterative" and "loo".
-        estimator: what "iterative" re-attributes with: "headig" (HeadIG,
-            :func:`headig.integrated_gradients` with ``attribution_kwargs``) or "loo".
+        estimator: what "iterative" re-attributes with: "loo" (default: leave-one-out,
+            which found the dispensable heads best in docs/validation.md) or "headig"
+            (HeadIG, :func:`headig.integrated_gradients` with ``attribution_kwargs``).
         attribution_kwargs: keyword arguments of the estimator (path, steps, objective,
             seed, ...); use the settings of the one-shot scores for a like-for-like
             comparison. ``layers`` is set by the sweep.
@@ -60,7 +61,7 @@ class RankingSettings:
 
     methods: Sequence[str] = ("oneshot",)
     batch: Any = None
-    estimator: str = "headig"
+    estimator: str = "loo"
     attribution_kwargs: Mapping[str, Any] = field(default_factory=dict)
     attribute: Attribute | None = None
 
