@@ -329,6 +329,7 @@ def test_cli_validate_prune_compares_rankings(tiny, tmp_path, capsys):
                "--random_seeds", "2", "--oracle", "no", "--accuracy", "no",
                "--mask_probs", "0.5", "--mask_samples_per_prob", "1",
                "--ranking", "oneshot,iterative,loo", "--ranking_limit", "6",
+               "--iterative_estimator", "headig",
                "--out", str(tmp_path / "p"), "--no_progress"])
     assert rc == 0
     out = json.loads((tmp_path / "p" / "prune.json").read_text())
