@@ -120,7 +120,7 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
         **legacy: the flat keywords of earlier releases (``objective``, ``labels``,
             ``generate_kwargs``, ``internal_batch_size``, ``progress``, ``on_stage``).
     """
-    from headig.sparse import SparseAttentionPatch
+    from headig.sparse import SparseAttentionPatch, budget_from_mode
 
     cfg = fold_keywords(
         "sparse_sweep",
@@ -158,9 +158,13 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
     for mode, keep in configs:
         stage(f"{mode} attention" + ("" if mode == "standard" else f", keep {keep:g}"))
         start = time.time()
-        args = {"importance": importance} if mode == "adaptive" else {}
-        patch = SparseAttentionPatch(model, mode, keep=keep, **args, **kw) \
-            if mode != "standard" else None
+        policy_opts = {k: kw.pop(k) for k in ("min_keep", "max_keep",
+                                              "importance_increases_keep", "clip", "strength")
+                       if k in kw}
+        budget = budget_from_mode(mode, keep, importance if mode == "adaptive" else None,
+                                  policy_opts)
+        patch = SparseAttentionPatch(model, budget, **kw) if mode != "standard" else None
+        kw.update(policy_opts)
         if patch is not None:
             patch.apply()
         try:
