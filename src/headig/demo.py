@@ -14,6 +14,7 @@ overlap.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -385,3 +386,120 @@ def _summary(model_name: str, fam: Any, attr: list[Any], held: list[Any], imp: A
         "",
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------- long-context model scores
+LONG_BLOCK_SIZE = 16
+LONG_KEEPS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
+LONG_SEEDS: tuple[int, ...] = (0, 1, 2)
+LONG_MASK_PROBS: tuple[float, ...] = (0.15, 0.5, 0.9)
+LONG_TRAIN_SEED = 777
+LONG_SCORES_COMMAND = "headig demo --recompute-long-scores FOLDER"
+
+
+@dataclass(frozen=True)
+class LongScoreSettings:
+    """How the shipped scores of ``tiny-dllm-long`` were computed (training draws only).
+
+    The defaults are the settings of the shipped files; tests use smaller ones.
+    """
+
+    seeds: tuple[int, ...] = LONG_SEEDS
+    keeps: tuple[float, ...] = LONG_KEEPS
+    train: int = 6
+    importance_steps: int = 4
+    sensitivity_steps: int = 8
+
+
+def long_objective(seed: int) -> Any:
+    """The objective of the long-model comparison: mask rates 0.15 / 0.5 / 0.9, one each."""
+    from headig.objective import MaskedDiffusionObjective
+
+    return MaskedDiffusionObjective(mask_probs=LONG_MASK_PROBS, mask_samples_per_prob=1,
+                                    seed=int(seed))
+
+
+def long_rows(examples: list[Any], split: str) -> list[dict[str, Any]]:
+    """Encoded rows (ids ``{split}-{i}``) of long-context examples."""
+    from headig.toy import long_context as lc
+
+    return [{"input_ids": torch.tensor(pr + co), "prompt_length": len(pr), "id": f"{split}-{i}"}
+            for i, (pr, co) in enumerate(lc.encode_fast(examples))]
+
+
+def long_train_examples(n: int) -> list[Any]:
+    """The training draws the long-model scores are computed on (never held out)."""
+    from headig.toy import long_context as lc
+
+    return lc.train_batch(seed=LONG_TRAIN_SEED, step=0, n=n, length=lc.EVAL_CONTEXT)
+
+
+def long_score_name(kind: str, seed: int, keep: float | None = None) -> str:
+    """File name of one shipped score: ``importance-seed0`` / ``sensitivity-keep0.3-seed0``."""
+    if kind == "importance":
+        return f"importance-seed{seed}.safetensors"
+    if kind == "sensitivity" and keep is not None:
+        return f"sensitivity-keep{keep:g}-seed{seed}.safetensors"
+    raise ValueError(f"kind={kind!r}, keep={keep!r}")
+
+
+def long_scores_path() -> Path:
+    """The precomputed scores shipped with ``tiny-dllm-long`` (``scores/``)."""
+    from headig.toy.embedded import embedded_model_path
+
+    return embedded_model_path("long") / "scores"
+
+
+def compute_long_scores(out: str | Path, settings: LongScoreSettings | None = None, *,
+                        progress: bool = True) -> dict[str, Path]:
+    """Recompute the HeadIG importance and sparsity sensitivity of ``tiny-dllm-long``.
+
+    The slowest step of the demo, so its results ship with the model; this is the command
+    that made them (``headig demo --recompute-long-scores FOLDER``). For every seed:
+    HeadIG (STP) importance and, at every keep, the sparsity sensitivity (block size 16),
+    on ``settings.train`` training draws with objective masks of that seed.
+    """
+    import json
+
+    from headig.attribution.estimators import IntegratedGradients
+    from headig.attribution.sensitivity import sparsity_sensitivity
+    from headig.paths import STP
+    from headig.toy.embedded import load_embedded
+
+    st = settings or LongScoreSettings()
+    say = _printer(progress)
+    folder = Path(out).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    model, _ = load_embedded(name="long")
+    train = long_rows(long_train_examples(st.train), "train")
+    files: dict[str, Path] = {}
+    t0 = time.time()
+    for seed in st.seeds:
+        obj = long_objective(seed)
+        say(f"{time.time() - t0:6.0f} s  seed {seed}: HeadIG importance")
+        imp = IntegratedGradients(model, path=STP(), steps=st.importance_steps,
+                                  objective=obj).attribute(train).to_importance()
+        imp.meta["demo"] = {"model": "tiny-dllm-long", "seed": seed, "kind": "importance"}
+        name = long_score_name("importance", seed)
+        files[name] = imp.save(folder / name)
+        for keep in st.keeps:
+            say(f"{time.time() - t0:6.0f} s  seed {seed}: sparsity sensitivity at keep {keep:g}")
+            att = sparsity_sensitivity(model, train, keep=keep, steps=st.sensitivity_steps,
+                                       objective=obj, block_size=LONG_BLOCK_SIZE,
+                                       kernel="gather")
+            sens = att.to_importance()
+            sens.meta["demo"] = {
+                "model": "tiny-dllm-long", "seed": seed, "kind": "sensitivity", "keep": keep,
+                "j_dense_minus_sparse": float((att.j_full - att.j_baseline).mean()),
+                "mean_abs_residual": float(att.residual.abs().mean())}
+            name = long_score_name("sensitivity", seed, keep)
+            files[name] = sens.save(folder / name)
+    manifest = {"command": LONG_SCORES_COMMAND, "settings": dataclasses.asdict(st),
+                "block_size": LONG_BLOCK_SIZE, "mask_probs": list(LONG_MASK_PROBS),
+                "train_draws": {"seed": LONG_TRAIN_SEED, "step": 0, "n": st.train},
+                "seconds": round(time.time() - t0, 1),
+                "threads": torch.get_num_threads(), "files": sorted(files)}
+    files["manifest"] = folder / "manifest.json"
+    files["manifest"].write_text(json.dumps(manifest, indent=1) + "\n")
+    say(f"{time.time() - t0:6.0f} s  scores written to {folder}")
+    return files
