@@ -704,6 +704,9 @@ def _policy_section(policies: Any, numbers: dict[str, Any]) -> list[str]:
     uni = {r["keep"]: r for r in numbers["policies"] if r["policy"] == "uniform"}
     sens_gain = [(r["keep"], -r["delta_vs_uniform_mean"]) for r in numbers["policies"]
                  if r["policy"] == "sensitivity" and r["delta_vs_uniform_mean"] is not None]
+    wins = [v["winner"] for v in numbers["policy_verdicts"]]
+    n_sens, n_imp, n_uni = (wins.count("sensitivity"), wins.count("adaptive"),
+                            wins.count("uniform"))
     if sens_gain and uni:
         k_best, gain = max(sens_gain, key=lambda x: x[1])
         lines += [
@@ -711,8 +714,10 @@ def _policy_section(policies: Any, numbers: dict[str, Any]) -> list[str]:
             f"In words: with the same number of attended key blocks, where the blocks go "
             f"matters. The largest gain of the sensitivity budget over uniform is "
             f"{gain:+.3f} nats at keep {k_best:g} (uniform {uni[k_best]['loss_mean']:.3f}, "
-            f"dense {sum(dense) / len(dense):.3f}). Importance (what *removing* a head "
-            "costs) is a weaker guide for sparsity than sensitivity (what *sparsifying* it "
-            "costs): a head can matter a lot and still need only its neighbourhood.",
+            f"dense {sum(dense) / len(dense):.3f}). "
+            + ("Sensitivity (what *sparsifying* a head costs) wins at "
+               f"{n_sens} of {len(numbers['policy_verdicts'])} keep ratios, importance (what "
+               f"*removing* it costs) at {n_imp}, uniform at {n_uni}: a head can matter a "
+               "lot and still need only its neighbourhood."),
         ]
     return lines
