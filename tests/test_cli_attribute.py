@@ -351,7 +351,7 @@ def test_defaults_to_the_embedded_model_and_its_training_data(tmp_path, monkeypa
     """Without --model/--data the embedded tiny model and its train.jsonl are used."""
     import shutil
 
-    embedded = pytest.importorskip("headig.embedded")
+    embedded = pytest.importorskip("headig.toy.embedded")
 
     folder = tmp_path / "tiny-dllm"
     shutil.copytree(FIXTURES / "tiny-llada", folder)

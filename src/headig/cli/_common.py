@@ -15,6 +15,10 @@ helper                      what it gives
 ``load_model_from_args``    (model, tokenizer, embedded) from the model flags
 ``add_data_arguments``      ``--data`` / ``--recipe`` (choices: the recipe registry) / ...
 ``recipe_options``          the recipe options given on the command line
+``load_data_from_args``     encoded examples (embedded task data or any source) + labels
+``add_objective_arguments`` the masked-diffusion objective's flags; ``objective_from_args``
+``rows_per_forward``        ``--internal_batch_size`` or about 16k tokens per forward
+``check_out``               an output folder that will not overwrite results silently
 ``add_layer_arguments``     ``--layer_start`` / ``--layer_end`` (inclusive, -1 = last)
 ``layers_from_args``        the attributed layers, or None when neither flag was given
 ``add_importance_arguments`` ``--original_sign`` / ``--n_layers`` for original ``.pt`` files
@@ -31,21 +35,26 @@ never restated. Heavy imports (torch, models) happen inside the functions so tha
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "DTYPES", "EMBEDDED", "Formatter", "add_data_arguments", "add_importance_arguments",
-    "add_layer_arguments", "add_model_arguments", "flags", "layers_from_args",
-    "load_importance", "load_model_from_args", "parse_list", "recipe_options",
-    "resolve_device", "resolve_model", "say",
+    "BOS_CHOICES", "DTYPES", "EMBEDDED", "Formatter", "add_data_arguments",
+    "add_importance_arguments", "add_layer_arguments", "add_model_arguments",
+    "add_objective_arguments", "check_out", "embedded_split", "flags", "layers_from_args",
+    "load_data_from_args", "load_importance", "load_model_from_args", "objective_from_args",
+    "parse_list", "recipe_options", "resolve_device", "resolve_model", "rows_per_forward",
+    "say", "want_accuracy",
 ]
 
 #: ``--model`` value naming the tiny model shipped with headig.
 EMBEDDED = "embedded"
 #: Weight dtypes accepted on the command line ("auto" = as stored).
+#: ``--bos`` choices.
+BOS_CHOICES = ("auto", "yes", "no")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 #: Recipe options that have their own flag.
 RECIPE_OPTIONS = ("prompt_field", "completion_field", "num_fewshot", "answer_mode")
@@ -158,14 +167,17 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[Any, Any, bool]:
 
 
 def add_data_arguments(p: argparse.ArgumentParser | Any, *, limit: int | None,
-                       data_help: str = "examples: a .jsonl/.json/.csv file, a folder of "
-                                        "split files, or a Hugging Face dataset name",
-                       data_seed: int | None = 0) -> None:
+                       what: str = "held-out", data_help: str | None = None,
+                       data_seed: int | None = 0, bos: bool = True) -> None:
     """``--data``, ``--recipe`` (choices: :data:`headig.data.RECIPES`), ``--split``,
     ``--data_config``, the recipe options, ``--limit``/``--max_samples``, ``--data_seed``,
-    ``--max_length`` and ``--chat_template``."""
+    ``--max_length``, ``--chat_template`` and (``bos=True``) ``--bos``."""
     from headig.data import RECIPES
 
+    if data_help is None:
+        data_help = (f"{what} examples: a .jsonl/.json/.csv file, a folder of split files, "
+                     "a Hugging Face dataset name, or embedded[:eval|:train] (default with "
+                     "the embedded model: embedded:eval, its held-out set)")
     p.add_argument(*flags("--data"), default=None, help=data_help)
     p.add_argument(*flags("--recipe"), default=None, choices=tuple(RECIPES),
                    help="how records become (prompt, completion) (default: inferred)")
@@ -179,18 +191,137 @@ def add_data_arguments(p: argparse.ArgumentParser | Any, *, limit: int | None,
     p.add_argument(*flags("--answer_mode"), default=None, choices=("full", "final"),
                    help="gsm8k: score the whole solution or only the final answer")
     p.add_argument(*flags("--limit", "--max_samples"), type=int, default=limit,
-                   help="examples to use (after a seeded shuffle)")
+                   help="examples to use (embedded data: the same number from every task)")
     p.add_argument(*flags("--data_seed"), type=int, default=data_seed,
                    help="shuffles --data before --limit")
     p.add_argument(*flags("--max_length"), type=int, default=2048,
                    help="tokens per example; longer ones are cut keeping the completion")
     p.add_argument(*flags("--chat_template"), action="store_true",
                    help="wrap prompts in the tokenizer's chat template")
+    if bos:
+        p.add_argument(*flags("--bos"), default="auto", choices=BOS_CHOICES,
+                       help="prepend BOS: auto = no for the embedded task data (as it is "
+                            "evaluated), yes otherwise")
 
 
 def recipe_options(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe options given on the command line (unset flags are left to the recipe)."""
     return {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k, None) is not None}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def add_objective_arguments(p: argparse.ArgumentParser | Any) -> None:
+    p.add_argument(*flags("--mask_probs"), default="0.15,0.3,0.5,0.7,0.9",
+                   help="mask probabilities of the loss's masking variants")
+    p.add_argument(*flags("--mask_samples_per_prob"), type=int, default=2,
+                   help="masking variants per probability")
+    p.add_argument(*flags("--loss_normalize"), default="mean_masked",
+                   choices=("mean_masked", "sum"), help="per-variant loss: mean or sum")
+    p.add_argument(*flags("--mask_seed"), type=int, default=0, help="seeds the masking variants")
+    p.add_argument(*flags("--internal_batch_size", "--batch_size"), type=int, default=None,
+                   help="rows (pruned model x masking variant) per forward (default: about "
+                        "16k tokens per forward, at most 256 rows)")
+
+
+def objective_from_args(args: argparse.Namespace) -> Any:
+    from headig.attribution import MaskedDiffusionObjective
+
+    probs = parse_list(args.mask_probs, float, "mask_probs")
+    if any(not 0.0 < p <= 1.0 or math.isnan(p) for p in probs):
+        raise ValueError(f"--mask_probs={args.mask_probs!r}; expected probabilities in (0, 1]")
+    if args.mask_samples_per_prob < 1:
+        raise ValueError(f"--mask_samples_per_prob={args.mask_samples_per_prob}; expected >= 1")
+    return MaskedDiffusionObjective(mask_probs=probs,
+                                    mask_samples_per_prob=args.mask_samples_per_prob,
+                                    loss_normalize=args.loss_normalize, seed=args.mask_seed)
+
+
+def embedded_split(value: str | None, embedded_model: bool, default: str) -> str | None:
+    """'eval'/'train' when --data names the embedded task data (or defaults to it)."""
+    if value is None:
+        if not embedded_model:
+            raise ValueError("--data is required with a model other than the embedded one")
+        return default
+    if value == EMBEDDED:
+        return default
+    if value.startswith(EMBEDDED + ":"):
+        split = value.split(":", 1)[1]
+        if split not in ("eval", "train"):
+            raise ValueError(f"--data {value}: expected embedded, embedded:eval or embedded:train")
+        return split
+    return None
+
+
+def load_data_from_args(args: argparse.Namespace, tokenizer: Any, embedded_model: bool, *,
+                        default_split: str = "eval") -> tuple[list[Any], dict[str, str], str]:
+    """(encoded examples, example id -> task label (embedded data only), description)."""
+    from headig import data as hdata
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit={args.limit}; expected >= 1")
+    split = embedded_split(args.data, embedded_model, default_split)
+    labels: dict[str, str] = {}
+    if split is not None:
+        from headig.toy import tasks
+        from headig.toy.embedded import embedded_examples
+
+        raw = embedded_examples(split)
+        if args.limit is not None:
+            n_tasks = len({e.task for e in raw})
+            raw = tasks.subset(raw, max(1, args.limit // n_tasks))
+        examples = [hdata.Example(e.prompt, e.completion, id=f"{split}-{i}",
+                                  meta={"task": e.task}) for i, e in enumerate(raw)]
+        labels = {ex.id: ex.meta["task"] for ex in examples}
+        source = f"embedded {split} set"
+    else:
+        options = recipe_options(args)
+        try:
+            examples = hdata.load_examples(args.data, recipe=args.recipe, split=args.split,
+                                           limit=args.limit, seed=args.data_seed,
+                                           config=args.data_config, **options)
+        except TypeError as err:  # a recipe option the recipe does not have
+            raise ValueError(str(err)) from None
+        except ImportError as err:  # a hub dataset without the optional datasets package
+            raise ValueError(str(err)) from None
+        source = str(args.data)
+    if not examples:
+        raise ValueError(f"--data {args.data} gave no examples")
+    add_bos = args.bos == "yes" or (args.bos == "auto" and split is None)
+    encoded, report = hdata.encode_examples(tokenizer, examples, max_length=args.max_length,
+                                            add_bos=add_bos, chat_template=args.chat_template)
+    if not encoded:
+        raise ValueError(f"every example was dropped while encoding:\n{report}")
+    desc = (f"{len(encoded)} examples from {source}"
+            + (f" ({len(report.dropped)} dropped)" if report.dropped else ""))
+    return encoded, labels, desc
+
+
+def rows_per_forward(args: argparse.Namespace, encoded: list[Any]) -> int:
+    """--internal_batch_size, or about 16k tokens per forward (at most 256 rows)."""
+    if args.internal_batch_size is not None:
+        if args.internal_batch_size < 1:
+            raise ValueError(f"--internal_batch_size={args.internal_batch_size}; expected >= 1")
+        return args.internal_batch_size
+    longest = max(int(e.input_ids.numel()) for e in encoded)
+    return max(1, min(256, 16384 // longest))
+
+
+def want_accuracy(value: str, labels: dict[str, str]) -> bool:
+    """auto: exact-match accuracy only where it is meaningful (the embedded task data)."""
+    return value == "yes" or (value == "auto" and bool(labels))
+
+
+def check_out(out: str, files: list[str], overwrite: bool) -> Path:
+    folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} exists and is not a folder")
+    clash = [f for f in files if (folder / f).exists()]
+    if clash and not overwrite:
+        raise ValueError(f"--out {folder} already holds {', '.join(clash)}; choose another "
+                         "--out or pass --overwrite")
+    return folder
 
 
 # ----------------------------------------------------------------------------- layers

@@ -35,40 +35,18 @@ from headig.attribution.rules import get_rule, rule_names
 from headig.attribution.runner import CHECKPOINT_FILE, LOG_SCHEMA, RunFolder
 from headig.attribution.runner import LOG_FILE as LOG_FILE
 from headig.attribution.runner import RESULT_FILE as RESULT_FILE
+from headig.cli._common import DTYPES, Formatter, flags, resolve_device
+from headig.data import RECIPES
 
 #: ``--ig_steps`` default: refine until converged (docs/method.md, "Converged scores")
 DEFAULT_STEPS: int | str = "auto"
 DEFAULT_TOL = 0.05
 
 PATHS = {"dp": "dp", "diagonal": "dp", "stp": "stp", "random_threshold": "stp"}
-RECIPES = ("fields", "gsm8k", "mmlu", "humaneval", "chat")
-DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 
-class _Formatter(argparse.HelpFormatter):
-    """Meaningful defaults in the help, and each flag's metavar shown once after its aliases."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
-            return text
-        return text + " (default: %(default)s)"
-
-    def _format_action_invocation(self, action: argparse.Action) -> str:
-        if not action.option_strings or action.nargs == 0:
-            return super()._format_action_invocation(action)
-        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
-        return ", ".join(action.option_strings) + " " + metavar
-
-
-def _flags(*names: str) -> list[str]:
-    """Each name plus its dashed spelling (``--mask_probs`` -> also ``--mask-probs``)."""
-    out: list[str] = []
-    for n in names:
-        for v in (n, n[:2] + n[2:].replace("_", "-")):
-            if v not in out:
-                out.append(v)
-    return out
+_Formatter = Formatter
+_flags = flags
 
 
 def register(subparsers: Any) -> None:
@@ -86,7 +64,7 @@ def register(subparsers: Any) -> None:
                    help="a .jsonl/.json/.csv file, a folder of <split>.<ext> files, or a "
                         "Hugging Face dataset name; default with the embedded model: its "
                         "training data")
-    g.add_argument(*_flags("--recipe"), default=None, choices=RECIPES,
+    g.add_argument(*_flags("--recipe"), default=None, choices=tuple(RECIPES),
                    help="how records become (prompt, completion); default: inferred "
                         "('fields' for files)")
     g.add_argument(*_flags("--split"), default=None,
@@ -253,7 +231,7 @@ def _resolve_model(args: argparse.Namespace) -> tuple[str, bool]:
     if args.model is not None:
         return str(args.model), False
     try:
-        from headig.embedded import embedded_model_path
+        from headig.toy.embedded import embedded_model_path
         return str(embedded_model_path()), True
     except (ImportError, FileNotFoundError) as err:
         raise ValueError("--model is required (no embedded model is installed: "
@@ -274,9 +252,9 @@ def _resolve_data(args: argparse.Namespace, model_dir: str, embedded: bool) -> s
 def _model_arch(model_dir: str) -> tuple[dict[str, Any], Any, Any]:
     """config.json, its family spec and parsed architecture, without loading weights."""
     from headig.models.family import spec_for_model_type
-    from headig.models.loading import _resolve_dir, read_config
+    from headig.models.loading import read_config, resolve_checkpoint_dir
 
-    folder = _resolve_dir(model_dir)
+    folder = resolve_checkpoint_dir(model_dir)
     cfg = read_config(folder)
     spec = spec_for_model_type(cfg.get("model_type", ""))
     return cfg, spec, spec.parse_config(cfg)
@@ -289,22 +267,7 @@ def _dist_env() -> tuple[int, int, int]:
     return env_dist_info()
 
 
-def _resolve_device(requested: str | None, world: int, local_rank: int) -> str:
-    import torch
-
-    if requested is None:
-        if torch.cuda.is_available():
-            return f"cuda:{local_rank % torch.cuda.device_count()}" if world > 1 else "cuda"
-        return "cpu"
-    try:
-        dev = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"--device={requested!r}; expected cpu, cuda, cuda:N, mps ...") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={requested}: CUDA is not available on this machine")
-    if dev.type == "cuda" and world > 1 and dev.index is None:
-        return f"cuda:{local_rank % torch.cuda.device_count()}"
-    return str(dev)
+_resolve_device = resolve_device
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:

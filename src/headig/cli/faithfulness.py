@@ -12,7 +12,7 @@ import argparse
 import time
 from typing import Any
 
-from headig.cli.validate import (
+from headig.cli._common import (
     Formatter,
     add_data_arguments,
     add_model_arguments,

@@ -7,268 +7,37 @@ every head subset for the oracle curves and the ranking's fidelity. ``sparse`` c
 dense attention with uniform and importance-adaptive block-sparse attention at several
 keep ratios. Both write a table (CSV, JSON, Markdown) and a plot into ``--out``.
 
-The helpers here (model, data and objective flags) are shared by ``headig faithfulness``
-and ``headig demo``.
+The model, data and objective flags come from :mod:`headig.cli._common`, shared with
+``headig faithfulness``, ``headig sensitivity`` and ``headig attribute``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import sys
+import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
-EMBEDDED = "embedded"
-BOS_CHOICES = ("auto", "yes", "no")
+from headig.cli._common import (
+    Formatter,
+    add_data_arguments,
+    add_model_arguments,
+    add_objective_arguments,
+    check_out,
+    flags,
+    layers_from_args,
+    load_data_from_args,
+    load_model_from_args,
+    objective_from_args,
+    parse_list,
+    rows_per_forward,
+    say,
+    want_accuracy,
+)
 
-
-# ----------------------------------------------------------------------------- shared flags
-
-
-def flags(*names: str) -> list[str]:
-    """Each name plus its dashed spelling (``--k_frac`` -> also ``--k-frac``)."""
-    out: list[str] = []
-    for n in names:
-        for v in (n, n[:2] + n[2:].replace("_", "-")):
-            if v not in out:
-                out.append(v)
-    return out
-
-
-class Formatter(argparse.HelpFormatter):
-    """Shows a flag's default in its help unless it is None/False or already mentioned."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
-            return text
-        return text + " (default: %(default)s)"
-
-
-def add_model_arguments(p: argparse.ArgumentParser | Any) -> None:
-    p.add_argument(*flags("--model"), default=EMBEDDED,
-                   help="checkpoint folder (official LLaDA/Dream layout), cached hub id, or "
-                        "'embedded' for the tiny model shipped with headig")
-    p.add_argument(*flags("--dtype"), default="auto",
-                   choices=("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
-                   help="weights dtype (auto = as stored)")
-    p.add_argument(*flags("--device"), default=None,
-                   help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-
-
-def add_data_arguments(p: argparse.ArgumentParser | Any, *, limit: int | None,
-                       what: str = "held-out") -> None:
-    p.add_argument(*flags("--data"), default=None,
-                   help=f"{what} examples: a .jsonl/.json/.csv file, a folder of split files, "
-                        "a Hugging Face dataset name, or embedded[:eval|:train] (default with "
-                        "the embedded model: embedded:eval, its held-out set)")
-    p.add_argument(*flags("--recipe"), default=None,
-                   choices=("fields", "gsm8k", "mmlu", "humaneval", "chat"),
-                   help="how records become (prompt, completion) (default: inferred)")
-    p.add_argument(*flags("--split"), default=None, help="split of --data")
-    p.add_argument(*flags("--data_config"), default=None, help="Hugging Face dataset config")
-    p.add_argument(*flags("--prompt_field"), default=None, help="fields recipe: prompt field")
-    p.add_argument(*flags("--completion_field"), default=None,
-                   help="fields recipe: completion field")
-    p.add_argument(*flags("--num_fewshot"), type=int, default=None,
-                   help="few-shot prefix (gsm8k, mmlu)")
-    p.add_argument(*flags("--answer_mode"), default=None, choices=("full", "final"),
-                   help="gsm8k: score the whole solution or only the final answer")
-    p.add_argument(*flags("--limit", "--max_samples"), type=int, default=limit,
-                   help="examples to use (embedded data: the same number from every task)")
-    p.add_argument(*flags("--data_seed"), type=int, default=0,
-                   help="shuffles --data before --limit")
-    p.add_argument(*flags("--max_length"), type=int, default=2048,
-                   help="tokens per example; longer ones are cut keeping the completion")
-    p.add_argument(*flags("--chat_template"), action="store_true",
-                   help="wrap prompts in the tokenizer's chat template")
-    p.add_argument(*flags("--bos"), default="auto", choices=BOS_CHOICES,
-                   help="prepend BOS: auto = no for the embedded task data (as it is "
-                        "evaluated), yes otherwise")
-
-
-def add_objective_arguments(p: argparse.ArgumentParser | Any) -> None:
-    p.add_argument(*flags("--mask_probs"), default="0.15,0.3,0.5,0.7,0.9",
-                   help="mask probabilities of the loss's masking variants")
-    p.add_argument(*flags("--mask_samples_per_prob"), type=int, default=2,
-                   help="masking variants per probability")
-    p.add_argument(*flags("--loss_normalize"), default="mean_masked",
-                   choices=("mean_masked", "sum"), help="per-variant loss: mean or sum")
-    p.add_argument(*flags("--mask_seed"), type=int, default=0, help="seeds the masking variants")
-    p.add_argument(*flags("--internal_batch_size", "--batch_size"), type=int, default=None,
-                   help="rows (pruned model x masking variant) per forward (default: about "
-                        "16k tokens per forward, at most 256 rows)")
-
-
-def parse_list(text: str, cast: Any, name: str) -> list[Any]:
-    """Comma-separated values, each converted with ``cast``; a clear error otherwise."""
-    try:
-        out = [cast(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--{name}={text!r}; expected comma-separated values such as "
-                         f"{'1,2,4' if cast is int else '0.1,0.3,0.5'}") from None
-    if not out:
-        raise ValueError(f"--{name} is empty")
-    return out
-
-
-def objective_from_args(args: argparse.Namespace) -> Any:
-    from headig.objective import MaskedDiffusionObjective
-
-    probs = parse_list(args.mask_probs, float, "mask_probs")
-    if any(not 0.0 < p <= 1.0 or math.isnan(p) for p in probs):
-        raise ValueError(f"--mask_probs={args.mask_probs!r}; expected probabilities in (0, 1]")
-    if args.mask_samples_per_prob < 1:
-        raise ValueError(f"--mask_samples_per_prob={args.mask_samples_per_prob}; expected >= 1")
-    return MaskedDiffusionObjective(mask_probs=probs,
-                                    mask_samples_per_prob=args.mask_samples_per_prob,
-                                    loss_normalize=args.loss_normalize, seed=args.mask_seed)
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def resolve_model(value: str | None) -> tuple[str, bool]:
-    """(checkpoint folder or hub id, is it the embedded model)."""
-    if value in (None, EMBEDDED):
-        from headig.embedded import embedded_model_path
-
-        return str(embedded_model_path()), True
-    return str(value), False
-
-
-def _device(requested: str | None) -> str:
-    import torch
-
-    if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"--device={requested!r}; expected cpu, cuda, cuda:N ...") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={requested}: CUDA is not available on this machine")
-    return str(dev)
-
-
-def load_model_from_args(args: argparse.Namespace) -> tuple[Any, Any, bool]:
-    """(model, tokenizer, embedded) from --model/--dtype/--device."""
-    from headig.models.loading import load_model
-
-    folder, embedded = resolve_model(args.model)
-    device = _device(args.device)
-    t0 = time.time()
-    model, tokenizer = load_model(folder, dtype=None if args.dtype == "auto" else args.dtype,
-                                  device=device)
-    fam = model.family
-    say(f"model: {'embedded tiny model' if embedded else folder} ({fam.name}, {fam.n_layers} "
-        f"layers x {fam.n_heads} heads) on {device}, {time.time() - t0:.1f} s")
-    return model, tokenizer, embedded
-
-
-def embedded_split(value: str | None, embedded_model: bool, default: str) -> str | None:
-    """'eval'/'train' when --data names the embedded task data (or defaults to it)."""
-    if value is None:
-        if not embedded_model:
-            raise ValueError("--data is required with a model other than the embedded one")
-        return default
-    if value == EMBEDDED:
-        return default
-    if value.startswith(EMBEDDED + ":"):
-        split = value.split(":", 1)[1]
-        if split not in ("eval", "train"):
-            raise ValueError(f"--data {value}: expected embedded, embedded:eval or embedded:train")
-        return split
-    return None
-
-
-def load_data_from_args(args: argparse.Namespace, tokenizer: Any, embedded_model: bool, *,
-                        default_split: str = "eval") -> tuple[list[Any], dict[str, str], str]:
-    """(encoded examples, example id -> task label (embedded data only), description)."""
-    from headig import data as hdata
-
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit={args.limit}; expected >= 1")
-    split = embedded_split(args.data, embedded_model, default_split)
-    labels: dict[str, str] = {}
-    if split is not None:
-        from headig import tasks
-        from headig.embedded import embedded_examples
-
-        raw = embedded_examples(split)
-        if args.limit is not None:
-            n_tasks = len({e.task for e in raw})
-            raw = tasks.subset(raw, max(1, args.limit // n_tasks))
-        examples = [hdata.Example(e.prompt, e.completion, id=f"{split}-{i}",
-                                  meta={"task": e.task}) for i, e in enumerate(raw)]
-        labels = {ex.id: ex.meta["task"] for ex in examples}
-        source = f"embedded {split} set"
-    else:
-        options = {k: getattr(args, k) for k in ("prompt_field", "completion_field",
-                                                 "num_fewshot", "answer_mode")
-                   if getattr(args, k, None) is not None}
-        try:
-            examples = hdata.load_examples(args.data, recipe=args.recipe, split=args.split,
-                                           limit=args.limit, seed=args.data_seed,
-                                           config=args.data_config, **options)
-        except TypeError as err:  # a recipe option the recipe does not have
-            raise ValueError(str(err)) from None
-        except ImportError as err:  # a hub dataset without the optional datasets package
-            raise ValueError(str(err)) from None
-        source = str(args.data)
-    if not examples:
-        raise ValueError(f"--data {args.data} gave no examples")
-    add_bos = args.bos == "yes" or (args.bos == "auto" and split is None)
-    encoded, report = hdata.encode_examples(tokenizer, examples, max_length=args.max_length,
-                                            add_bos=add_bos, chat_template=args.chat_template)
-    if not encoded:
-        raise ValueError(f"every example was dropped while encoding:\n{report}")
-    desc = (f"{len(encoded)} examples from {source}"
-            + (f" ({len(report.dropped)} dropped)" if report.dropped else ""))
-    return encoded, labels, desc
-
-
-def rows_per_forward(args: argparse.Namespace, encoded: list[Any]) -> int:
-    """--internal_batch_size, or about 16k tokens per forward (at most 256 rows)."""
-    if args.internal_batch_size is not None:
-        if args.internal_batch_size < 1:
-            raise ValueError(f"--internal_batch_size={args.internal_batch_size}; expected >= 1")
-        return args.internal_batch_size
-    longest = max(int(e.input_ids.numel()) for e in encoded)
-    return max(1, min(256, 16384 // longest))
-
-
-def want_accuracy(value: str, labels: dict[str, str]) -> bool:
-    """auto: exact-match accuracy only where it is meaningful (the embedded task data)."""
-    return value == "yes" or (value == "auto" and bool(labels))
-
-
-def check_out(out: str, files: list[str], overwrite: bool) -> Path:
-    folder = Path(out).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {folder} exists and is not a folder")
-    clash = [f for f in files if (folder / f).exists()]
-    if clash and not overwrite:
-        raise ValueError(f"--out {folder} already holds {', '.join(clash)}; choose another "
-                         "--out or pass --overwrite")
-    return folder
-
-
-def layers_from_args(args: argparse.Namespace, n_layers: int) -> list[int] | None:
-    """--layer_start/--layer_end as a layer list, or None when neither is given."""
-    if args.layer_start is None and args.layer_end is None:
-        return None
-    from headig.gating import layer_range
-
-    start = 0 if args.layer_start is None else args.layer_start
-    end = -1 if args.layer_end is None else args.layer_end
-    return layer_range(start, end, n_layers)
-
-
-_flags = flags  # earlier private names, kept for one release
+# The shared flags and loaders live in headig.cli._common; these names stay importable
+# from here for one release.
+_flags = flags
 _layers_from_args = layers_from_args
 
 
@@ -323,6 +92,22 @@ def register(subparsers: Any) -> None:
     g.add_argument(*flags("--oracle_max_heads"), type=int, default=16,
                    help="largest number of prunable heads for the oracle (2^n subsets)")
     add_objective_arguments(g)
+    g = pp.add_argument_group("ranking (which heads most / least remove)")
+    g.add_argument("--ranking", default="oneshot",
+                   help="any of oneshot (the --scores as given), iterative (greedy: "
+                        "re-attribute on the pruned model, remove one head, repeat), loo "
+                        "(leave-one-out scores); several are compared in one report")
+    g.add_argument(*flags("--iterative_estimator"), choices=("headig", "loo"),
+                   default="loo",
+                   help="what iterative re-attributes with: leave-one-out (default; it found "
+                        "the dispensable heads best in the measured comparison) or HeadIG with "
+                        "the settings recorded in --scores")
+    g.add_argument(*flags("--ranking_data"), default=None,
+                   help="attribution examples for iterative / loo (never the held-out data; "
+                        "default with the embedded model: embedded:train)")
+    g.add_argument(*flags("--ranking_limit"), type=int, default=48,
+                   help="attribution examples for iterative / loo (embedded data: the same "
+                        "number from every task)")
     g = pp.add_argument_group("output")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
@@ -414,6 +199,13 @@ def run_prune(args: argparse.Namespace) -> int:
         raise ValueError(f"--random_seeds={args.random_seeds}; expected >= 1")
     if args.oracle_examples < 1:
         raise ValueError(f"--oracle_examples={args.oracle_examples}; expected >= 1")
+    rankings = list(dict.fromkeys(parse_list(args.ranking, str, "ranking")))
+    bad = [r for r in rankings if r not in ("oneshot", "iterative", "loo")]
+    if bad:
+        raise ValueError(f"--ranking {args.ranking}: unknown ranking(s) {bad}; expected "
+                         "oneshot, iterative, loo")
+    if args.ranking_limit < 1:
+        raise ValueError(f"--ranking_limit={args.ranking_limit}; expected >= 1")
     objective = objective_from_args(args)
     out = check_out(args.out, ["prune.csv", "prune.json", "prune.md"], args.overwrite)
     imp = load_importance(args.scores, args.original_sign)
@@ -435,8 +227,11 @@ def run_prune(args: argparse.Namespace) -> int:
     encoded, labels, desc = load_data_from_args(args, tokenizer, embedded)
     say(f"data: {desc}")
     accuracy = want_accuracy(args.accuracy, labels)
+    ranking = None
+    if rankings != ["oneshot"]:
+        ranking = ranking_from_args(args, rankings, tokenizer, embedded, imp)
     t0 = time.time()
-    with torch.no_grad():
+    with torch.no_grad() if ranking is None else contextlib.nullcontext():
         sweep = prune_sweep(
             model, encoded, imp,
             PruneSelection(ks=ks, k_fracs=k_fracs, arms=arms, random_seeds=args.random_seeds,
@@ -447,12 +242,36 @@ def run_prune(args: argparse.Namespace) -> int:
             evaluation=EvalSettings(objective=objective,
                                     internal_batch_size=rows_per_forward(args, encoded),
                                     progress=not args.no_progress,
-                                    on_stage=lambda m: say(f"... {m}")))
+                                    on_stage=lambda m: say(f"... {m}")),
+            ranking=ranking)
     sweep.meta.update({"scores": str(args.scores), "data": desc, "seconds": time.time() - t0})
     files = sweep.save(out, plot=not args.no_plot)
     print(sweep.to_markdown())
     say(f"wrote {', '.join(str(f) for f in files.values())} ({time.time() - t_start:.0f} s)")
     return 0
+
+
+def ranking_from_args(args: argparse.Namespace, rankings: list[str], tokenizer: Any,
+                      embedded: bool, imp: Any) -> Any:
+    """RankingSettings for --ranking: attribution data from --ranking_data (the training
+    split), HeadIG settings from the score file so iterative re-attributes like it."""
+    from headig.validation.ranking import RankingSettings, attribution_kwargs_from_meta
+
+    batch = None
+    if any(r != "oneshot" for r in rankings):
+        if args.ranking_data is None and not embedded:
+            raise ValueError("--ranking iterative / loo attribute on training examples: pass "
+                             "--ranking_data (not the held-out --data)")
+        attr_args = argparse.Namespace(**{**vars(args), "data": args.ranking_data,
+                                          "limit": args.ranking_limit})
+        batch, _, attr_desc = load_data_from_args(attr_args, tokenizer, embedded,
+                                                  default_split="train")
+        say(f"ranking data: {attr_desc}")
+    kwargs = attribution_kwargs_from_meta(dict(imp.meta or {}))
+    if "iterative" in rankings and args.iterative_estimator == "headig" and not kwargs:
+        say("... --scores records no HeadIG settings; iterative uses HeadIG's defaults")
+    return RankingSettings(methods=rankings, batch=batch, estimator=args.iterative_estimator,
+                           attribution_kwargs=kwargs)
 
 
 # ----------------------------------------------------------------------------- sparse

@@ -10,12 +10,14 @@ leaves stray hooks behind.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torch.utils.hooks import RemovableHandle
 
 Self = TypeVar("Self", bound="Intervention")
+log = logging.getLogger("headig.interventions")
 
 
 class Intervention:
@@ -45,6 +47,26 @@ class Intervention:
     def _on_remove(self, undo: RemovableHandle | Callable[[], Any]) -> None:
         """Remember how to undo one change (a hook handle or a zero-argument callable)."""
         self._undo_stack().append(undo.remove if isinstance(undo, RemovableHandle) else undo)
+
+    def _swap_attention_fn(self, attn: Any, make_fn: Callable[[Any], Any]) -> None:
+        """Replace ``attn.attn_fn`` by ``make_fn(previous)`` and register the exact undo.
+
+        The undo restores the previous function only while ours is still installed; if
+        something replaced it since, that newer function is left in place (and logged).
+        """
+        prev = attn.attn_fn
+        fn = make_fn(prev)
+        attn.attn_fn = fn
+
+        def restore() -> None:
+            if attn.attn_fn is fn:
+                attn.attn_fn = prev
+            else:
+                log.warning("layer %s's attention function was replaced after %s was applied; "
+                            "leaving it in place", getattr(attn, "layer_idx", "?"),
+                            type(self).__name__)
+
+        self._on_remove(restore)
 
     # -------------------------------------------------------------- lifecycle
     def _undo_stack(self) -> list[Callable[[], Any]]:

@@ -16,7 +16,8 @@ from headig.models.modeling import DiffusionLM
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 
 
-def _resolve_dir(path: str | os.PathLike) -> Path:
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The local folder of a checkpoint: a folder path, or a hub id already in the local cache."""
     p = Path(path).expanduser()
     if p.is_dir():
         return p
@@ -84,7 +85,7 @@ def _iter_tensors(file: Path):
 def load_native_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
                       device: str | torch.device | None = None) -> DiffusionLM:
     """Build the native network for a checkpoint folder and load its official weights."""
-    folder = _resolve_dir(path)
+    folder = resolve_checkpoint_dir(path)
     cfg = read_config(folder)
     spec, arch = parse_arch_config(cfg, str(folder / "config.json"))
     torch_dtype = resolve_dtype(dtype)
@@ -122,7 +123,7 @@ def load_tokenizer(path: str | os.PathLike):
     from transformers import PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
 
-    folder = _resolve_dir(path)
+    folder = resolve_checkpoint_dir(path)
     if not (folder / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer.json in {folder}")
     verbosity = hf_logging.get_verbosity()

@@ -16,7 +16,7 @@ importance-adaptive method). A new rule is one small registered class; see
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -321,6 +321,25 @@ def _check_keep(keep: float, min_keep: float | None = None, max_keep: float = 1.
     return float(keep)
 
 
+def _bound_rows(policy: Any, source: Callable[[], Any], n_layers: int, n_heads: int,
+                layers: list[int]) -> tuple[Tensor, list[int]]:
+    """A score policy's [L, H] scores and the patched layers that have scores, cached per shape.
+
+    The cache lives on the (frozen) policy, so one policy object serves many forwards
+    without re-reading its scores.
+    """
+    key = (n_layers, n_heads, tuple(layers))
+    bound: dict[tuple[Any, ...], tuple[Tensor, list[int]]] = policy._bound
+    if key not in bound:
+        scores, scored = importance_scores(source(), n_layers, n_heads)
+        rows = [i for i in layers if i in set(scored)]
+        if not rows:
+            raise ValueError(f"none of the patched layers {layers} have scores "
+                             f"(scored layers: {scored})")
+        bound[key] = (scores, rows)
+    return bound[key]
+
+
 @register_budget
 @dataclass(frozen=True)
 class DenseBudget(BudgetPolicy):
@@ -401,16 +420,7 @@ class ImportanceBudget(BudgetPolicy):
         object.__setattr__(self, "_bound", {})
 
     def _rows(self, n_layers: int, n_heads: int, layers: list[int]) -> tuple[Tensor, list[int]]:
-        key = (n_layers, n_heads, tuple(layers))
-        bound: dict[tuple[Any, ...], tuple[Tensor, list[int]]] = self._bound  # type: ignore[attr-defined]
-        if key not in bound:
-            scores, attributed = importance_scores(self.importance, n_layers, n_heads)
-            rows = [i for i in layers if i in set(attributed)]
-            if not rows:
-                raise ValueError(f"none of the patched layers {layers} were attributed in "
-                                 f"the importance (attributed: {attributed})")
-            bound[key] = (scores, rows)
-        return bound[key]
+        return _bound_rows(self, lambda: self.importance, n_layers, n_heads, layers)
 
     def bind(self, n_layers: int, n_heads: int, layers: list[int]) -> None:
         self._rows(n_layers, n_heads, layers)
@@ -478,16 +488,7 @@ class _WeightedBudget(BudgetPolicy):
         raise NotImplementedError
 
     def _rows(self, n_layers: int, n_heads: int, layers: list[int]) -> tuple[Tensor, list[int]]:
-        key = (n_layers, n_heads, tuple(layers))
-        bound: dict[tuple[Any, ...], tuple[Tensor, list[int]]] = self._bound  # type: ignore[attr-defined]
-        if key not in bound:
-            scores, scored = importance_scores(self._scores(), n_layers, n_heads)
-            rows = [i for i in layers if i in set(scored)]
-            if not rows:
-                raise ValueError(f"none of the patched layers {layers} have scores "
-                                 f"(scored layers: {scored})")
-            bound[key] = (scores, rows)
-        return bound[key]
+        return _bound_rows(self, self._scores, n_layers, n_heads, layers)
 
     def bind(self, n_layers: int, n_heads: int, layers: list[int]) -> None:
         self._rows(n_layers, n_heads, layers)

@@ -280,22 +280,8 @@ class SparseAttentionPatch(Intervention):
         if not self.budget.sparse:
             return
         for i in self.layers:
-            attn = self.model.layers[i].attn
-            prev = attn.attn_fn
-            fn = self._make_fn(i, prev)
-            attn.attn_fn = fn
-            self._on_remove(self._restorer(i, prev, fn))
-
-    def _restorer(self, layer: int, prev: Any, fn: Any):
-        def restore() -> None:
-            attn = self.model.layers[layer].attn
-            if attn.attn_fn is fn:
-                attn.attn_fn = prev
-            else:
-                log.warning("layer %d's attention function was replaced after the sparse "
-                            "patch was applied; leaving it in place", layer)
-
-        return restore
+            self._swap_attention_fn(self.model.layers[i].attn,
+                                    lambda prev, i=i: self._make_fn(i, prev))
 
     # ------------------------------------------------------------------ forward
     def _note(self, key: str, msg: str, *args: Any, level: int = logging.INFO) -> None:

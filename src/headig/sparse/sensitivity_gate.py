@@ -134,19 +134,8 @@ class SparsityGate(Intervention):
     def _install(self) -> None:
         self._on_remove(self.model.register_forward_pre_hook(self._record, with_kwargs=True))
         for i in self.layers:
-            attn = self.model.layers[i].attn
-            prev = attn.attn_fn
-            fn = self._make_fn(i, prev)
-            attn.attn_fn = fn
-            self._on_remove(self._restorer(i, prev, fn))
-
-    def _restorer(self, layer: int, prev: Any, fn: Any):
-        def restore() -> None:
-            attn = self.model.layers[layer].attn
-            if attn.attn_fn is fn:
-                attn.attn_fn = prev
-
-        return restore
+            self._swap_attention_fn(self.model.layers[i].attn,
+                                    lambda prev, i=i: self._make_fn(i, prev))
 
     def __repr__(self) -> str:
         return (f"SparsityGate(keep={self.keep}, layers={self.layers}, "

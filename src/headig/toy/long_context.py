@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from headig.toy.checkpoint import WordVocabulary, save_word_tokenizer, word_tokenizer
+
 LONG_TASKS: tuple[str, ...] = ("recall", "needle", "continue")
 KEYS: tuple[str, ...] = tuple("abcdefghijklmnopqrstuvwx")
 DIGITS: tuple[str, ...] = tuple("0123456789")
@@ -265,35 +267,20 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
 
 # --------------------------------------------------------------------------- tokenizer
 
+def word_vocabulary() -> WordVocabulary:
+    """The long-context vocabulary with its special tokens, as the checkpoint writer takes it."""
+    return WordVocabulary(vocabulary(), SPECIAL_TOKENS, bos=BOS, eos=EOS, mask=MASK, unk=UNK,
+                          max_length=MAX_LENGTH)
+
+
 def build_tokenizer() -> Any:
     """A word-level fast tokenizer over :func:`vocabulary` (whitespace split)."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False)
-                            for s in SPECIAL_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=EOS, mask_token=MASK,
-        unk_token=UNK, clean_up_tokenization_spaces=False, model_max_length=MAX_LENGTH)
+    return word_tokenizer(word_vocabulary())
 
 
 def save_tokenizer(tokenizer: Any, out: Path) -> None:
     """tokenizer.json plus configs that transformers 4.x and 5.x both read."""
-    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
-    specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "mask_token": MASK,
-                "unk_token": UNK}
-    vocab = tokenizer.get_vocab()
-    decoder = {str(vocab[s]): {"content": s, "lstrip": False, "normalized": False,
-                               "rstrip": False, "single_word": False, "special": True}
-               for s in SPECIAL_TOKENS}
-    config = {"added_tokens_decoder": decoder, **specials, "clean_up_tokenization_spaces": False,
-              "model_input_names": ["input_ids", "attention_mask"],
-              "model_max_length": MAX_LENGTH, "tokenizer_class": "PreTrainedTokenizerFast"}
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+    save_word_tokenizer(tokenizer, word_vocabulary(), out)
 
 
 def encode_fast(examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:

@@ -36,14 +36,10 @@ from torch import Tensor, nn
 
 from headig.models.modeling import DiffusionLM
 from headig.toy import long_context as lc
-
-try:  # the toy package holds the short-task modules once they move there
-    from headig.toy.train_tiny import build_model, official_state_dict  # type: ignore
-
-    from headig.toy import tasks as _tasks  # type: ignore[attr-defined]
-except ImportError:
-    from headig import tasks as _tasks
-    from headig.train_tiny import build_model, official_state_dict
+from headig.toy import tasks as _tasks
+from headig.toy.checkpoint import official_llada_config
+from headig.toy.checkpoint import save_checkpoint as write_checkpoint
+from headig.toy.train_tiny import build_model, official_state_dict
 
 STATE_FILE = "train_state.pt"
 BLOCK = 16  # key-block size the card measures with (the sparse-attention block size)
@@ -95,47 +91,18 @@ class LongConfig:
 
 def llada_config(cfg: LongConfig) -> dict[str, Any]:
     """The official LLaDA ``config.json`` (GQA through ``n_kv_heads``)."""
-    vocab = lc.vocabulary()
-    d_model = cfg.n_heads * cfg.head_dim
-    return {
-        "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0,
-        "architectures": ["LLaDAModelLM"], "attention_dropout": 0.0,
-        "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
-        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
-                     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
-                     "AutoModel": "modeling_llada.LLaDAModelLM"},
-        "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama",
-        "d_model": d_model, "embedding_dropout": 0.0, "embedding_size": cfg.embedding_size,
-        "eos_token_id": vocab.index(lc.EOS), "flash_attention": False,
-        "include_bias": False, "include_qkv_bias": False, "init_cutoff_factor": None,
-        "init_device": "meta", "init_fn": "mitchell", "init_std": 0.02,
-        "input_emb_norm": False, "layer_norm_type": "rms", "layer_norm_with_affine": True,
-        "mask_token_id": vocab.index(lc.MASK), "max_sequence_length": lc.MAX_LENGTH,
-        "mlp_hidden_size": cfg.mlp_hidden, "mlp_ratio": max(1, cfg.mlp_hidden // d_model),
-        "model_type": "llada", "multi_query_attention": None,
-        "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "n_layers": cfg.n_layers,
-        "pad_token_id": vocab.index(lc.EOS), "precision": "fp32",
-        "residual_dropout": 0.0, "rms_norm_eps": 1e-05, "rope": True,
-        "rope_full_precision": True, "rope_theta": 10000.0, "scale_logits": False,
-        "use_cache": False, "vocab_size": len(vocab), "weight_tying": False,
-    }
+    return official_llada_config(lc.word_vocabulary(), n_layers=cfg.n_layers,
+                                 n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                                 head_dim=cfg.head_dim, mlp_hidden=cfg.mlp_hidden,
+                                 embedding_size=cfg.embedding_size)
 
 
 def save_checkpoint(model: DiffusionLM, tokenizer: Any, config: dict[str, Any],
                     out: str | os.PathLike) -> Path:
     """config.json, model.safetensors and the tokenizer files, in the official layout."""
-    from safetensors.torch import save_file
+    return write_checkpoint(model, config, out, state_dict=official_state_dict,
+                            save_tokenizer=lambda folder: lc.save_tokenizer(tokenizer, folder))
 
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    save_file(official_state_dict(model), str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
-    lc.save_tokenizer(tokenizer, folder)
-    return folder
-
-
-# --------------------------------------------------------------------------- training
 
 def step_shape(cfg: LongConfig, step: int) -> tuple[int, int]:
     """(rows, context length) of a step: a random length, rows filling the token budget.

@@ -35,6 +35,13 @@ from headig.diffusion.loss import token_ce
 from headig.models.family import Family, spec_for_model_type
 from headig.models.modeling import DiffusionLM
 from headig.toy import tasks
+from headig.toy.checkpoint import (
+    WordVocabulary,
+    official_llada_config,
+    save_word_tokenizer,
+    word_tokenizer,
+)
+from headig.toy.checkpoint import save_checkpoint as write_checkpoint
 
 __all__ = [
     "TrainConfig", "build_model", "build_tokenizer", "diffusion_loss", "head_ablation",
@@ -96,67 +103,27 @@ class TrainConfig:
 
 # --------------------------------------------------------------------------- tokenizer
 
+VOCABULARY = WordVocabulary(tasks.vocabulary(), tasks.SPECIAL_TOKENS, bos=tasks.BOS,
+                            eos=tasks.EOS, mask=tasks.MASK, unk=tasks.UNK, max_length=64)
+
+
 def build_tokenizer() -> Any:
     """A word-level fast tokenizer over :func:`headig.toy.tasks.vocabulary` (whitespace split)."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(tasks.vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=tasks.UNK))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False)
-                            for s in tasks.SPECIAL_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=tasks.BOS, eos_token=tasks.EOS, pad_token=tasks.EOS,
-        mask_token=tasks.MASK, unk_token=tasks.UNK, clean_up_tokenization_spaces=False,
-        model_max_length=64)
+    return word_tokenizer(VOCABULARY)
 
 
 def save_tokenizer(tokenizer: Any, out: Path) -> None:
     """tokenizer.json plus configs that transformers 4.x and 5.x both read."""
-    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
-    specials = {"bos_token": tasks.BOS, "eos_token": tasks.EOS, "pad_token": tasks.EOS,
-                "mask_token": tasks.MASK, "unk_token": tasks.UNK}
-    vocab = tokenizer.get_vocab()
-    decoder = {str(vocab[s]): {"content": s, "lstrip": False, "normalized": False,
-                               "rstrip": False, "single_word": False, "special": True}
-               for s in tasks.SPECIAL_TOKENS}
-    config = {"added_tokens_decoder": decoder, **specials,
-              "clean_up_tokenization_spaces": False,
-              "model_input_names": ["input_ids", "attention_mask"],
-              "model_max_length": 64, "tokenizer_class": "PreTrainedTokenizerFast"}
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+    save_word_tokenizer(tokenizer, VOCABULARY, out)
 
 
 # --------------------------------------------------------------------------- model
 
 def llada_config(cfg: TrainConfig) -> dict[str, Any]:
     """The official LLaDA ``config.json`` for the tiny model."""
-    vocab = tasks.vocabulary()
-    d_model = cfg.n_heads * cfg.head_dim
-    return {
-        "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0,
-        "architectures": ["LLaDAModelLM"], "attention_dropout": 0.0,
-        "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
-        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
-                     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
-                     "AutoModel": "modeling_llada.LLaDAModelLM"},
-        "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama",
-        "d_model": d_model, "embedding_dropout": 0.0, "embedding_size": cfg.embedding_size,
-        "eos_token_id": vocab.index(tasks.EOS), "flash_attention": False,
-        "include_bias": False, "include_qkv_bias": False, "init_cutoff_factor": None,
-        "init_device": "meta", "init_fn": "mitchell", "init_std": 0.02,
-        "input_emb_norm": False, "layer_norm_type": "rms", "layer_norm_with_affine": True,
-        "mask_token_id": vocab.index(tasks.MASK), "max_sequence_length": 64,
-        "mlp_hidden_size": cfg.mlp_hidden, "mlp_ratio": max(1, cfg.mlp_hidden // d_model),
-        "model_type": "llada", "multi_query_attention": None,
-        "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_heads, "n_layers": cfg.n_layers,
-        "pad_token_id": vocab.index(tasks.EOS), "precision": "fp32",
-        "residual_dropout": 0.0, "rms_norm_eps": 1e-05, "rope": True,
-        "rope_full_precision": True, "rope_theta": 10000.0, "scale_logits": False,
-        "use_cache": False, "vocab_size": len(vocab), "weight_tying": False,
-    }
+    return official_llada_config(VOCABULARY, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                                 n_kv_heads=cfg.n_heads, head_dim=cfg.head_dim,
+                                 mlp_hidden=cfg.mlp_hidden, embedding_size=cfg.embedding_size)
 
 
 def build_model(config: dict[str, Any], seed: int) -> DiffusionLM:
@@ -200,15 +167,8 @@ def official_state_dict(model: DiffusionLM) -> dict[str, Tensor]:
 def save_checkpoint(model: DiffusionLM, tokenizer: Any, config: dict[str, Any],
                     out: str | os.PathLike) -> Path:
     """Write config.json, model.safetensors and the tokenizer files to ``out``."""
-    from safetensors.torch import save_file
-
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    save_file(official_state_dict(model), str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
-    save_tokenizer(tokenizer, folder)
-    return folder
+    return write_checkpoint(model, config, out, state_dict=official_state_dict,
+                            save_tokenizer=lambda folder: save_tokenizer(tokenizer, folder))
 
 
 # --------------------------------------------------------------------------- training

@@ -48,6 +48,7 @@ from headig.validation.prune import (
     prune_sweep,
     resolve_ks,
 )
+from headig.validation.ranking import HeadOrder, RankingSettings
 from headig.validation.report import Report
 from headig.validation.settings import AccuracySettings, EvalSettings
 from headig.validation.sparse import (
@@ -61,6 +62,7 @@ from headig.validation.sparse import (
 )
 
 __all__ = [
+    "HeadOrder", "RankingSettings",
     "PolicyComparison", "compare_budget_policies", "greedy_oracle",
     "ARMS", "DEFAULT_ORACLE_MAX_HEADS", "GRIDS", "SPARSE_MODES", "AccuracySettings",
     "CoalitionTable", "EstimatorRun", "EvalSettings", "Faithfulness", "OracleSettings",

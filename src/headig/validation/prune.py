@@ -31,13 +31,14 @@ from headig.validation.coalitions import (
     ranking_curves,
 )
 from headig.validation.loss import default_objective, eval_items, loss_at_masks, spread
+from headig.validation.ranking import RankingSettings, head_orders
 from headig.validation.report import Report, fmt, head_name, mean_std
 from headig.validation.settings import AccuracySettings, EvalSettings, fold_keywords
 
 ARMS = ("most", "least", "random")
 
 __all__ = ["ARMS", "AccuracySettings", "EvalSettings", "OracleSettings", "PruneSelection",
-           "PruneSweep", "prune_sweep", "resolve_ks"]
+           "PruneSweep", "RankingSettings", "prune_sweep", "resolve_ks"]
 
 
 def resolve_ks(n_heads: int, ks: Sequence[int] | None = None,
@@ -153,6 +154,11 @@ class PruneSweep(Report):
             all k-subsets (random pruning's expectation), each arm's loss and fidelity.
         fidelity: summary fidelity per arm over all k (pooled, see
             :mod:`headig.validation.coalitions`).
+
+    A sweep that compared rankings (``prune_sweep(..., ranking=...)``) tags runs and oracle
+    rows with their ``ranking``, keys the fidelity "<ranking> <arm>", lists the rankings
+    in ``meta["rankings"]`` and their orders' provenance in ``meta["ranking_meta"]``;
+    :meth:`for_ranking` gives one ranking's view in the plain layout.
     """
 
     ks: list[int]
@@ -166,8 +172,44 @@ class PruneSweep(Report):
 
     default_prefix = "prune"
 
+    @property
+    def rankings(self) -> list[str] | None:
+        """The compared ranking methods, or None for a sweep of the given scores alone."""
+        return self.meta.get("rankings")
+
+    def for_ranking(self, method: str) -> PruneSweep:
+        """The sweep as if only ``method`` had ranked the heads (random runs shared)."""
+        if not self.rankings:
+            return self
+        if method not in self.rankings:
+            raise ValueError(f"ranking {method!r} not in this sweep ({self.rankings})")
+        runs = [{k: v for k, v in r.items() if k != "ranking"} for r in self.runs
+                if r.get("ranking") in (None, method)]
+        oracle = None if self.oracle is None else [
+            {k: v for k, v in o.items() if k != "ranking"} for o in self.oracle
+            if o["ranking"] == method]
+        fidelity = None if self.fidelity is None else {
+            a: v for a, v in ((key.split(" ")[1], v) for key, v in self.fidelity.items()
+                              if key.split(" ")[0] == method)}
+        meta = {k: v for k, v in self.meta.items() if k not in ("rankings", "ranking_meta")}
+        meta["ranking"] = method
+        return PruneSweep(ks=self.ks, n_heads=self.n_heads, layers=self.layers, runs=runs,
+                          intact=self.intact, oracle=oracle, fidelity=fidelity, meta=meta)
+
     def table(self) -> list[dict[str, Any]]:
-        """One row per (arm, k): mean, std (over seeds for random), min, max."""
+        """One row per (arm, k) (and ranking, when several are compared): mean, std (over
+        seeds for random), min, max."""
+        if self.rankings:
+            rows = []
+            for method in self.rankings:
+                for r in self.for_ranking(method).table():
+                    if r["arm"] in ("intact", "random") and method != self.rankings[0]:
+                        continue
+                    rows.append({"ranking": "" if r["arm"] in ("intact", "random")
+                                 else method, **r})
+            order = {a: i for i, a in enumerate(("intact", *self.meta.get("arms", ARMS)))}
+            rows.sort(key=lambda r: (r["k"], order[r["arm"]]))
+            return rows
         rows = [{"arm": "intact", "k": 0, "k_frac": 0.0, "n_runs": 1,
                  "loss": self.intact["loss"], "loss_std": 0.0, "loss_min": self.intact["loss"],
                  "loss_max": self.intact["loss"], "accuracy": self.intact.get("accuracy"),
@@ -210,6 +252,8 @@ class PruneSweep(Report):
         return csv_text(rows)
 
     def to_markdown(self) -> str:
+        if self.rankings:
+            return self._multi_markdown()
         has_acc = self.intact.get("accuracy") is not None
         lines = ["| arm | k | loss (mean ± std) | range |" + (" accuracy |" if has_acc else "")
                  + " removed heads |",
@@ -242,6 +286,41 @@ class PruneSweep(Report):
                           + ", ".join(f"{a} {fmt(v, 3)}" for a, v in self.fidelity.items())]
         return "\n".join(lines) + "\n"
 
+    def _multi_markdown(self) -> str:
+        """Tables of a sweep comparing several rankings: one row per (k, arm, ranking)."""
+        has_acc = self.intact.get("accuracy") is not None
+        lines = ["| k | arm | ranking | loss (mean ± std) | range |"
+                 + (" accuracy |" if has_acc else "") + " removed heads |",
+                 "|---:|---|---|---:|---:|" + ("---:|" if has_acc else "") + "---|"]
+        for r in self.table():
+            multi = r["n_runs"] > 1
+            std = f" ± {r['loss_std']:.4f}" if multi else ""
+            rng = f"{r['loss_min']:.4f}–{r['loss_max']:.4f}" if multi else ""
+            acc = ""
+            if has_acc:
+                acc = f" {r['accuracy']:.3f}" + (f" ± {r['accuracy_std']:.3f}"
+                                                 if multi else "") + " |"
+            removed = r["removed"] or (f"({r['n_runs']} seeds)" if r["arm"] == "random" else "")
+            lines.append(f"| {r['k']} | {r['arm']} | {r['ranking']} | {r['loss']:.4f}{std} | "
+                         f"{rng} |{acc} {removed} |")
+        if self.oracle:
+            lines += ["", f"Oracle over all subsets of the {self.n_heads} heads "
+                      f"({self.meta.get('oracle_examples')} examples; losses on these "
+                      "examples):", "",
+                      "| ranking | k | best subset | least | random (exact mean) | most "
+                      "| worst subset | fidelity least | fidelity most |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for o in self.oracle:
+                lines.append(
+                    f"| {o['ranking']} | {o['k']} | {o['best_loss']:.4f} | "
+                    f"{fmt(o.get('least_loss'))} | {o['random_mean_loss']:.4f} | "
+                    f"{fmt(o.get('most_loss'))} | {o['worst_loss']:.4f} | "
+                    f"{fmt(o.get('fidelity_least'), 3)} | {fmt(o.get('fidelity_most'), 3)} |")
+            if self.fidelity:
+                lines += ["", "Summary fidelity (pooled over k; 1 = oracle, 0 = random): "
+                          + ", ".join(f"{a} {fmt(v, 3)}" for a, v in self.fidelity.items())]
+        return "\n".join(lines) + "\n"
+
     def extra_files(self, folder: Path, prefix: str) -> dict[str, Path]:
         if not self.oracle:
             return {}
@@ -250,8 +329,13 @@ class PruneSweep(Report):
         return {"oracle_csv": path}
 
     def plot(self, path: Path) -> Path:
+        """The pruning curves (of the first ranking, when several are compared)."""
         from headig.validation.plots import plot_prune
 
+        if self.rankings:
+            first = self.rankings[0]
+            return plot_prune(self.for_ranking(first), path,
+                              title=f"Pruning heads by importance ({first} ranking)")
         return plot_prune(self, path)
 
 
@@ -263,7 +347,8 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any,
                 oracle: OracleSettings | bool | None = None,
                 accuracy: AccuracySettings | bool = False,
                 evaluation: EvalSettings | None = None,
-                table: CoalitionTable | None = None, **legacy: Any) -> PruneSweep:
+                table: CoalitionTable | None = None,
+                ranking: RankingSettings | None = None, **legacy: Any) -> PruneSweep:
     """Prune the top / bottom / random k heads of a ranking and measure what breaks.
 
     Args:
@@ -276,6 +361,10 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any,
         evaluation: objective, rows per forward, progress (:class:`EvalSettings`).
         table: a precomputed :func:`~headig.validation.coalitions.coalition_table` to use
             as the oracle.
+        ranking: how to order the heads of the "most" / "least" arms
+            (:class:`~headig.validation.ranking.RankingSettings`: one-shot ``scores``,
+            greedy re-attribution, leave-one-out; several compared in one sweep). None =
+            the scores as given, with results laid out as in earlier releases.
         **legacy: the flat keywords of earlier releases (``ks``, ``k_fracs``, ``arms``,
             ``random_seeds``, ``seed``, ``by``, ``layers``, ``objective``, ``labels``,
             ``generate_kwargs``, ``oracle_batch``, ``oracle_examples``,
@@ -311,16 +400,27 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any,
     items = eval_items(batch)
     stage = ev.on_stage or (lambda _msg: None)
 
+    orders = None
+    if ranking is not None:
+        orders = head_orders(model, ranking, scores=scores, max_k=max(k_list), layers=lyr,
+                             arms=arms, by=sel.by, on_stage=stage)
+
     # every keep mask of the sweep, evaluated in one pass
     specs: list[dict[str, Any]] = []
     for k in k_list:
         for arm in arms:
             seeds = [sel.seed + i for i in range(sel.random_seeds)] if arm == "random" \
                 else [sel.seed]
+            if orders is not None and arm != "random":
+                specs += [{"arm": arm, "k": k, "seed": None, "ranking": method,
+                           "keep": order.keep(arm, k)} for method, order in orders.items()]
+                continue
             for sd in seeds:
                 keep = select_heads(s, arm, k=k, layers=lyr, seed=sd, by=sel.by)
                 specs.append({"arm": arm, "k": k, "seed": sd if arm == "random" else None,
                               "keep": keep})
+                if orders is not None:
+                    specs[-1]["ranking"] = None
     masks = torch.stack([torch.ones(family.n_layers, family.n_heads, dtype=torch.bool)]
                         + [sp["keep"] for sp in specs])
     stage(f"loss of {len(masks)} pruned models on {len(items)} examples")
@@ -345,6 +445,11 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any,
         runs.append({"arm": sp["arm"], "k": sp["k"], "seed": sp["seed"], "loss": losses[i],
                      "accuracy": accs[i], "groups": groups[i],
                      "removed": [tuple(x) for x in (~sp["keep"]).nonzero().tolist()]})
+        if orders is not None:
+            runs[-1]["ranking"] = sp["ranking"]
+            if sp["ranking"] is not None:  # in the order the ranking removed them
+                runs[-1]["removal_order"] = [list(h) for h in
+                                             orders[sp["ranking"]].orders[sp["arm"]][:sp["k"]]]
 
     oracle_rows = None
     fidelity = None
@@ -361,13 +466,25 @@ def prune_sweep(model: nn.Module, batch: Any, scores: Any,
             table = coalition_table(model, o_items, layers=lyr, objective=obj,
                                     max_heads=max(orc.max_heads, n), progress=ev.progress)
         oracle_n = table.n_examples
-        oracle_rows, fidelity = ranking_curves(table, _ranked_keeps(table, runs, k_list, arms),
+        if orders is None:
+            oracle_rows, fidelity = ranking_curves(
+                table, _ranked_keeps(table, runs, k_list, arms), k_list)
+        else:
+            oracle_rows, fidelity = [], {}
+            for method in orders:
+                mine = [r for r in runs if r["ranking"] == method]
+                rows, summary = ranking_curves(table, _ranked_keeps(table, mine, k_list, arms),
                                                k_list)
+                oracle_rows += [{"ranking": method, **row} for row in rows]
+                fidelity.update({f"{method} {a}": v for a, v in summary.items()})
     meta = {"arms": list(arms), "random_seeds": int(sel.random_seeds), "seed": int(sel.seed),
             "by": sel.by, "objective": obj.settings(), "n_examples": len(items),
             "oracle_examples": oracle_n, "family": family.name,
             "model": getattr(model, "name_or_path", None),
             "score_meta": dict(getattr(scores, "meta", {}) or {}).get("estimator")}
+    if orders is not None:
+        meta["rankings"] = list(orders)
+        meta["ranking_meta"] = {m: o.meta for m, o in orders.items()}
     if table is not None:
         meta["oracle_seconds"] = table.meta.get("seconds")
         meta["oracle_intact_loss"] = float(-table.values[table.full])
