@@ -97,3 +97,21 @@ def test_loads_by_path_like_a_real_checkpoint(embedded):
 def test_bad_split_name_is_rejected():
     with pytest.raises(ValueError, match="split"):
         embedded_examples("test")
+
+
+def test_long_model_is_embedded_with_its_scores():
+    from headig.importance import HeadImportance
+    from headig.toy.embedded import EMBEDDED_MODELS, load_embedded_long
+
+    folder = embedded_model_path("long")
+    assert folder.name == EMBEDDED_MODELS["long"] == "tiny-dllm-long"
+    model, _ = load_embedded_long()
+    fam = headig.family_of(model)
+    assert (fam.n_layers, fam.n_heads) == (4, 8)
+    assert len(embedded_examples("eval", name="long")) > 0
+    with pytest.raises(ValueError, match="no train split"):
+        embedded_examples("train", name="long")
+    with pytest.raises(ValueError, match="expected one of"):
+        embedded_model_path("huge")
+    sens = HeadImportance.load(folder / "scores" / "sensitivity-keep0.3-seed0.safetensors")
+    assert sens.scores.shape == (4, 8) and sens.meta["demo"]["keep"] == 0.3
