@@ -42,7 +42,7 @@ from torch import nn
 
 from headig.models.modeling import sdpa_attention
 from headig.schedule import denoising
-from headig.sparse import SparseAttentionPatch
+from headig.sparse import SparseAttentionPatch, UniformBudget, budget_from_mode
 from headig.sparse.kernels import KERNELS, flex_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -134,12 +134,12 @@ def _attention_rows(args: argparse.Namespace, layer: OneLayer, importance: torch
         patches[kernel] = []
         for keep in args.keeps:
             for mode in ("uniform", "adaptive"):
-                kw = {"importance": importance} if mode == "adaptive" else {}
-                common = dict(keep=keep, block_size=args.block_size, skip=0.0, kernel=kernel,
-                              min_seq_len=0, **kw)
-                patch = SparseAttentionPatch(layer, mode, **common)
+                budget = budget_from_mode(mode, keep, importance if mode == "adaptive" else None)
+                common = dict(block_size=args.block_size, skip=0.0, kernel=kernel,
+                              min_seq_len=0)
+                patch = SparseAttentionPatch(layer, budget, **common)
                 # the reused pattern; its kernel time depends on its density, not the estimate
-                cheap = SparseAttentionPatch(layer, mode, estimate="pooled", **common)
+                cheap = SparseAttentionPatch(layer, budget, estimate="pooled", **common)
                 with cheap, denoising(layer, total_steps=2, prompt_length=t // 2) as st:
                     st.step = 1
                     attend()  # warm-up (compiles on first use)
@@ -160,7 +160,7 @@ def _attention_rows(args: argparse.Namespace, layer: OneLayer, importance: torch
                 variants[f"{kernel} {mode} reuse {keep}"] = reuse
                 patches[kernel].append(patch)
         # the build step of a generation (exact estimate, once per run), keep 0.3 uniform
-        builder = SparseAttentionPatch(layer, "uniform", keep=0.3, block_size=args.block_size,
+        builder = SparseAttentionPatch(layer, UniformBudget(0.3), block_size=args.block_size,
                                        skip=0.0, kernel=kernel, min_seq_len=0)
 
         def build_step(builder=builder):
