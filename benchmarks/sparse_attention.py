@@ -199,9 +199,9 @@ def attention_table(args: argparse.Namespace, device: torch.device, dtype: torch
 def _e2e_row(args: argparse.Namespace, model: nn.Module, label: str, importance: torch.Tensor,
              t: int, device: torch.device) -> None:
     ids = torch.randint(0, 400, (1, t), generator=torch.Generator().manual_seed(t)).to(device)
-    kw = dict(keep=0.3, skip=0.2, min_seq_len=args.min_seq_len, kernel=args.kernels[0])
-    uni = SparseAttentionPatch(model, "uniform", **kw)
-    ada = SparseAttentionPatch(model, "adaptive", importance=importance, **kw)
+    kw = dict(skip=0.2, min_seq_len=args.min_seq_len, kernel=args.kernels[0])
+    uni = SparseAttentionPatch(model, UniformBudget(0.3), **kw)
+    ada = SparseAttentionPatch(model, budget_from_mode("adaptive", 0.3, importance), **kw)
     n = args.e2e_calls
 
     def forwards() -> float:
@@ -268,7 +268,7 @@ def _fallback_overhead(model: nn.Module, label: str, device: torch.device) -> st
     k = torch.randn(1, fam.n_kv_heads, 128, fam.head_dim, generator=gen).to(device, model.dtype)
     v = torch.randn_like(k)
     plain = attn.attn_fn
-    patch = SparseAttentionPatch(model, "uniform", keep=0.3)
+    patch = SparseAttentionPatch(model, UniformBudget(0.3))
 
     def calls(n: int = 2000) -> float:
         fn = attn.attn_fn
