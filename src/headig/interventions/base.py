@@ -11,6 +11,7 @@ leaves stray hooks behind.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ Self = TypeVar("Self", bound="Intervention")
 log = logging.getLogger("headig.interventions")
 
 
-class Intervention:
+class Intervention(ABC):
     """Base class: ``with intervention: ...`` or ``intervention.apply()`` / ``.remove()``.
 
     It defines no ``__init__`` and no dataclass fields, so a subclass may be a plain class
@@ -40,9 +41,9 @@ class Intervention:
     """
 
     # -------------------------------------------------------------- subclass API
+    @abstractmethod
     def _install(self) -> None:
         """Make the changes; register each one's undo with :meth:`_on_remove`."""
-        raise NotImplementedError
 
     def _on_remove(self, undo: RemovableHandle | Callable[[], Any]) -> None:
         """Remember how to undo one change (a hook handle or a zero-argument callable)."""

@@ -16,6 +16,7 @@ importance-adaptive method). A new rule is one small registered class; see
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
@@ -254,7 +255,7 @@ def importance_scores(importance: Any, n_layers: int, n_heads: int) -> tuple[Ten
     return scores.detach().to("cpu", torch.float64), layers
 
 
-class BudgetPolicy:
+class BudgetPolicy(ABC):
     """How many key blocks each head keeps: the rule behind a sparse-attention patch.
 
     A policy is a small frozen dataclass of options with a registered ``name``. The patch
@@ -270,15 +271,19 @@ class BudgetPolicy:
     keep: float | None
 
     def bind(self, n_layers: int, n_heads: int, layers: list[int]) -> None:
-        """Check the policy against a model with ``n_layers x n_heads`` patched at ``layers``."""
+        """Check the policy against a model with ``n_layers x n_heads`` patched at ``layers``.
 
+        An optional hook: policies without scores have nothing to check.
+        """
+        return None
+
+    @abstractmethod
     def counts(self, n_blocks: int, layers: list[int], n_layers: int, n_heads: int, *,
                group_size: int = 1, kv_groups: str = "query") -> Tensor:
         """Kept key blocks per query block, LongTensor [n_layers, n_heads].
 
         Rows outside ``layers`` must read ``n_blocks`` (dense).
         """
-        raise NotImplementedError
 
 
 _BUDGETS: dict[str, type[BudgetPolicy]] = {}
@@ -481,11 +486,13 @@ class _WeightedBudget(BudgetPolicy):
     min_keep: float | None
     max_keep: float
 
+    @abstractmethod
     def _scores(self) -> Any:
-        raise NotImplementedError
+        """The policy's per-head scores (anything :func:`importance_scores` reads)."""
 
+    @abstractmethod
     def _weights(self, scores: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Positive per-head weights [rows, H]; budgets are split in proportion to them."""
 
     def _rows(self, n_layers: int, n_heads: int, layers: list[int]) -> tuple[Tensor, list[int]]:
         return _bound_rows(self, self._scores, n_layers, n_heads, layers)

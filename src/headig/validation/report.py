@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, float, float]:
     return float(t.mean()), std, float(t.min()), float(t.max())
 
 
-class Report:
+class Report(ABC):
     """Base of the validation results: ``to_dict``, ``to_csv``, ``to_markdown``, ``save``.
 
     Subclasses implement :meth:`to_dict`, :meth:`csv_rows` and :meth:`to_markdown`; they
@@ -73,14 +74,17 @@ class Report:
 
     default_prefix = "report"
 
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The whole result as JSON-ready data."""
 
+    @abstractmethod
     def csv_rows(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """One dict per table row."""
 
+    @abstractmethod
     def to_markdown(self) -> str:
-        raise NotImplementedError
+        """The table as Markdown."""
 
     def to_csv(self) -> str:
         return csv_text(self.csv_rows())
