@@ -23,7 +23,8 @@ x rules, and agreement of every estimator with exact Shapley values.
 
 Models: the vendored tiny fixtures (2 layers x 4 heads) and a random LLaDA-format model
 built in memory (default 4 layers x 8 heads, d_model 256, sequences of 256 tokens).
-Every timing is the median of ``--repeats`` runs after a warm-up.
+Timings (a)–(c) go through ``_timing.interleaved``: every repeat runs every variant once in a
+rotating order, ratios are paired within a repeat and shown as median [min–max].
 
     python benchmarks/attribution.py                 # speed, a few minutes on 2 CPU cores
     python benchmarks/attribution.py --accuracy      # + the accuracy study
@@ -67,17 +68,18 @@ from headig.objective import (
 from headig.paths import DP, STP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import LoadRecord, conditions  # noqa: E402
+from _timing import LoadRecord, Spread, conditions, interleaved, ratios  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 
 # ----------------------------------------------------------------------------- helpers
 def random_llada(n_layers: int, n_heads: int, d_model: int, vocab: int = 4096,
-                 seed: int = 0, device: str = "cpu") -> DiffusionLM:
+                 seed: int = 0, device: str = "cpu", mlp_ratio: float = 3.0) -> DiffusionLM:
     """A randomly initialised LLaDA-format model (no files), frozen like a loaded one."""
     cfg = {"model_type": "llada", "d_model": d_model, "n_heads": n_heads,
-           "n_kv_heads": n_heads, "n_layers": n_layers, "mlp_hidden_size": 3 * d_model,
+           "n_kv_heads": n_heads, "n_layers": n_layers,
+           "mlp_hidden_size": int(mlp_ratio * d_model),
            "vocab_size": vocab, "embedding_size": vocab, "mask_token_id": vocab - 1,
            "pad_token_id": vocab - 2, "rope_theta": 500000.0, "max_sequence_length": 8192}
     spec = spec_for_model_type("llada")
@@ -98,20 +100,31 @@ def random_batch(n: int, length: int, prompt: int, vocab: int, seed: int = 0) ->
              "prompt_length": prompt, "id": f"ex{i}"} for i in range(n)]
 
 
-def timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None],
-          warmup: bool = True) -> tuple[float, Any]:
-    """Median wall time of ``fn`` over ``repeats`` runs (after one warm-up); last result."""
-    out = None
-    if warmup:
-        out = fn()
-        sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def timed_together(variants: dict[str, Callable[[], Any]], repeats: int, device: str,
+                   warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Interleaved wall times of every variant (see ``_timing.interleaved``) and the
+    result of each variant's last call."""
+    last: dict[str, Any] = {}
+
+    def keep(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
+        def call() -> None:
+            last[name] = fn()
+        return call
+
+    samples = interleaved({name: keep(name, fn) for name, fn in variants.items()}, repeats,
+                          warmup=warmup, device=device)
+    return samples, last
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(samples: dict[str, list[float]], name: str, base: str, *,
+           invert: bool = False) -> str:
+    """Paired ratio ``name / base`` (or ``base / name`` with ``invert``), median [min–max]."""
+    r = ratios(samples, base, name) if invert else ratios(samples, name, base)
+    return Spread.of(r).fmt()
 
 
 def syncer(device: str) -> Callable[[], None]:
@@ -141,7 +154,6 @@ def gate_overhead(model, item_batch, objective, rows: int, repeats: int, device:
     g = torch.Generator().manual_seed(0)
     gates = torch.rand(q, family.n_layers, family.n_heads, generator=g)
     req = [PointRequest(item, gates)]
-    sync = syncer(device)
 
     def engine():
         return evaluate_points(model, objective, req, layers=layers, with_grad=True,
@@ -182,12 +194,9 @@ def gate_overhead(model, item_batch, objective, rows: int, repeats: int, device:
         with torch.no_grad():
             return row_losses(model, family, inputs, targets, masked, None, "mean_masked")
 
-    t_engine, _ = timed(engine, repeats, sync)
-    t_core, _ = timed(gated_core, repeats, sync)
-    t_plain, _ = timed(plain, repeats, sync)
-    t_fwd, _ = timed(forward_only, repeats, sync)
-    return {"rows": q * n_var, "engine": t_engine, "core": t_core, "plain": t_plain,
-            "forward": t_fwd}
+    samples, _ = timed_together({"engine": engine, "core": gated_core, "plain": plain,
+                                 "forward": forward_only}, repeats, device)
+    return {"rows": q * n_var, "samples": samples}
 
 
 # ----------------------------------------------------------------------------- (c) original
@@ -255,53 +264,56 @@ def original_sequential(model, batch, objective: MaskedDiffusionObjective, path:
 
 def batching(args: argparse.Namespace, name: str, model, length: int, prompt: int,
              n_ex: int) -> list[Any]:
-    """Row of table (b) for one model: the same IG run at several internal batch sizes."""
-    sync = syncer(args.device)
+    """Row of table (b) for one model: the same IG run at several internal batch sizes,
+    interleaved."""
     batch = random_batch(n_ex, length, prompt, model.family.arch.vocab_size, seed=1)
     n_var = len(args.mask_probs) * args.mask_samples
     settings = dict(path=STP(samples=args.path_samples), steps=args.steps, rule="right",
                     mask_probs=args.mask_probs, mask_samples_per_prob=args.mask_samples)
-    timings, scores = {}, {}
-    for ibs in (1, 8, 32, 64):
-        t, a = timed(lambda ibs=ibs: integrated_gradients(
-            model, batch, internal_batch_size=ibs, return_per_example=False, **settings),
-            args.repeats_slow, sync, warmup=False)
-        timings[ibs], scores[ibs] = t, a.scores
-        print(f"(b) {name} ibs {ibs}: {t:.3f}s", file=sys.stderr, flush=True)
-    ref = scores[64]
-    spread = max((s - ref).abs().max().item() for s in scores.values())
+    sizes = (1, 8, 32, 64)
+    samples, last = timed_together(
+        {f"ibs {ibs}": (lambda ibs=ibs: integrated_gradients(
+            model, batch, internal_batch_size=ibs, return_per_example=False, **settings))
+         for ibs in sizes}, args.repeats_slow, args.device, warmup=0)
+    print(f"(b) {name}: " + ", ".join(f"{k} {median(v):.3f}s" for k, v in samples.items()),
+          file=sys.stderr, flush=True)
+    ref = last["ibs 64"].scores
+    diff = max((a.scores - ref).abs().max().item() for a in last.values())
     n_rows = n_ex * args.path_samples * args.steps * n_var
     return [name, f"{n_ex}x{args.path_samples}x{args.steps}x{n_var}={n_rows}",
-            timings[1], timings[8], timings[32], timings[64],
-            timings[1] / timings[32], timings[1] / timings[64], spread / ref.abs().max().item()]
+            *[median(samples[f"ibs {ibs}"]) for ibs in sizes],
+            spread(samples, "ibs 1", "ibs 32"), spread(samples, "ibs 1", "ibs 64"),
+            diff / ref.abs().max().item()]
 
 
 def versus_original(args: argparse.Namespace, label: str, model, batch: list[dict], path: Any,
                     mask_probs: tuple[float, ...], mask_samples: int) -> list[Any]:
-    """Row of table (c): the original re-creation vs headig (right rule, same settings)."""
-    sync = syncer(args.device)
+    """Row of table (c): the original re-creation vs headig (right rule, same settings),
+    and headig's default trapezoid rule, interleaved."""
     obj = MaskedDiffusionObjective(mask_probs=mask_probs, mask_samples_per_prob=mask_samples,
                                    seed=0)
     n_var_unique = sum(obj.variants(it).masks.shape[0] for it in as_items(batch))
-    t_orig, orig = timed(lambda: original_sequential(
-        model, batch, obj, path, args.steps, 0.0, 0, path_samples=args.path_samples),
-        args.repeats_slow, sync, warmup=False)
     kw = dict(steps=args.steps, internal_batch_size=64, return_per_example=False,
               mask_probs=mask_probs, mask_samples_per_prob=mask_samples)
-    t_new, new = timed(lambda: integrated_gradients(model, batch, path=path, rule="right", **kw),
-                       args.repeats_slow, sync, warmup=False)
-    t_default, _ = timed(lambda: integrated_gradients(model, batch, path=path, **kw),
-                         args.repeats_slow, sync, warmup=False)
+    samples, last = timed_together({
+        "original": lambda: original_sequential(model, batch, obj, path, args.steps, 0.0, 0,
+                                                path_samples=args.path_samples),
+        "headig": lambda: integrated_gradients(model, batch, path=path, rule="right", **kw),
+        "trapezoid": lambda: integrated_gradients(model, batch, path=path, **kw),
+    }, args.repeats_slow, args.device, warmup=0)
+    t_orig, t_new = median(samples["original"]), median(samples["headig"])
     print(f"(c) {label}: original {t_orig:.3f}s, headig {t_new:.3f}s", file=sys.stderr,
           flush=True)
-    diff = (orig - new.scores).abs().max().item() / new.scores.abs().max().item()
+    new = last["headig"]
+    diff = (last["original"] - new.scores).abs().max().item() / new.scores.abs().max().item()
     p = args.path_samples
     v = len(mask_probs) * mask_samples
     n = len(batch)
     pts = args.steps * (1 if isinstance(path, DP) else p)
     return [label, f"{n * p * args.steps * v} / {n * p * args.steps}",
             f"{pts * n_var_unique} / {-(-pts * n_var_unique // 64)}", t_orig, t_new,
-            t_orig / t_new, diff, t_default]
+            spread(samples, "headig", "original", invert=True), diff,
+            median(samples["trapezoid"])]
 
 
 def speed(args: argparse.Namespace) -> str:
@@ -311,7 +323,8 @@ def speed(args: argparse.Namespace) -> str:
     for name in ("tiny-llada", "tiny-dream"):
         m, _ = headig.load_model(FIXTURES / name, device=device, tokenizer=False)
         models.append((name, m, 64, 32, args.tiny_examples))
-    big = random_llada(args.big_layers, args.big_heads, args.big_d, device=device)
+    big = random_llada(args.big_layers, args.big_heads, args.big_d, vocab=args.big_vocab,
+                       device=device)
     models.append((big.name_or_path, big, args.big_seq, args.big_seq // 4 * 3,
                    args.big_examples))
 
@@ -323,12 +336,17 @@ def speed(args: argparse.Namespace) -> str:
                                        seed=0)
         for rows in ((8, 32) if length <= 64 else (4, 16)):
             r = gate_overhead(model, batch, obj, rows, args.repeats, device)
-            rows_a.append([name, f"{length}", f"{r['rows']}", r["plain"] * 1e3,
-                           r["core"] * 1e3, r["engine"] * 1e3, r["core"] / r["plain"],
-                           r["engine"] / r["plain"], r["forward"] / r["plain"]])
-            print(f"(a) {name} rows {rows}: {r}", file=sys.stderr, flush=True)
+            t = r["samples"]
+            rows_a.append([name, f"{length}", f"{r['rows']}", median(t["plain"]) * 1e3,
+                           median(t["core"]) * 1e3, median(t["engine"]) * 1e3,
+                           spread(t, "core", "plain"), spread(t, "engine", "plain"),
+                           spread(t, "forward", "plain")])
+            print(f"(a) {name} rows {rows}: "
+                  + ", ".join(f"{k} {median(v) * 1e3:.1f}ms" for k, v in t.items()),
+                  file=sys.stderr, flush=True)
     out.append(table(
-        "(a) one gradient evaluation (ms per chunk of rows)",
+        f"(a) one gradient evaluation (median ms per chunk of rows; ratios paired within a "
+        f"repeat, median [min–max] of {args.repeats} interleaved repeats)",
         ["model", "seq", "rows", "plain fwd+bwd", "gated fwd+bwd", "headig engine",
          "gated/plain", "engine/plain", "fwd-only/plain"], rows_a))
 
@@ -336,7 +354,8 @@ def speed(args: argparse.Namespace) -> str:
     rows_b = [batching(args, name, model, length, prompt, n_ex)
               for name, model, length, prompt, n_ex in models]
     out.append(table(
-        "(b) integrated_gradients wall time (s) by internal_batch_size (rows per forward)",
+        f"(b) integrated_gradients wall time (median s of {args.repeats_slow} interleaved "
+        "repeats) by internal_batch_size (rows per forward); speed-ups median [min–max]",
         ["model", "rows (ex x P x K x V)", "ibs 1", "ibs 8", "ibs 32", "ibs 64", "1/32",
          "1/64", "max rel. score diff"], rows_b))
 
@@ -357,8 +376,9 @@ def speed(args: argparse.Namespace) -> str:
                                   (0.15, 0.3, 0.5, 0.7, 0.9), 2))
     n_var = len(mp) * ms
     out.append(table(
-        f"(c) time to score (s): original sequential vs headig at equal settings (right "
-        f"Riemann, P={args.path_samples}, K={args.steps}, V={n_var} unless stated)",
+        f"(c) time to score (median s of {args.repeats_slow} interleaved repeats): original "
+        f"sequential vs headig at equal settings (right Riemann, P={args.path_samples}, "
+        f"K={args.steps}, V={n_var} unless stated); speed-up median [min–max]",
         ["case", "original fwds / bwds", "headig rows / chunks", "original", "headig",
          "speed-up", "max rel. score diff", f"headig trapezoid K={args.steps}"], rows_c))
     return "\n".join(out)
@@ -377,16 +397,17 @@ class Method:
     label: str
     run: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     max_steps: int | None = None  # ladder cap for this method (None: --conv-max-steps)
+    key: str = ""  # short name for --conv-methods
 
 
-def _headig_method(label: str, make_path: Callable[[], Any], rule: str | None,
+def _headig_method(key: str, label: str, make_path: Callable[[], Any], rule: str | None,
                    max_steps: int | None = None, **extra: Any) -> Method:
     def run(model, batch, steps, obj, delta_j):
         a = integrated_gradients(model, batch, path=make_path(), steps=steps, rule=rule,
                                  objective=obj, internal_batch_size=64,
                                  return_per_example=False, **extra)
         return a.scores, a.residual
-    return Method(label, run, max_steps)
+    return Method(label, run, max_steps, key)
 
 
 def _auto_method(label: str, make_path: Callable[[], Any], args: argparse.Namespace) -> Method:
@@ -399,7 +420,7 @@ def _auto_method(label: str, make_path: Callable[[], Any], args: argparse.Namesp
                                  objective=obj, internal_batch_size=64,
                                  return_per_example=False)
         return a.scores, a.residual
-    return Method(label, run, 2)
+    return Method(label, run, 2, "auto")
 
 
 def _original_method(args: argparse.Namespace, samples: int) -> Method:
@@ -407,25 +428,35 @@ def _original_method(args: argparse.Namespace, samples: int) -> Method:
         per = original_sequential(model, batch, obj, STP(samples=samples), steps, 0.0, 0,
                                   per_example=True)
         return per.mean(0), per.double().sum((1, 2)) - delta_j
-    return Method(f"original sequential: STP P={samples}, right", run, args.orig_max_steps)
+    return Method(f"original sequential: STP P={samples}, right", run, args.orig_max_steps,
+                  "original")
 
 
 def methods(args: argparse.Namespace) -> list[Method]:
     """The configurations compared; the first is the baseline of the speed-ups."""
     p = args.conv_path_samples
-    return [
+    every = [
         _original_method(args, p),
-        _headig_method(f"headig: STP P={p}, right (same math, batched)",
+        _headig_method("right", f"headig: STP P={p}, right (same math, batched)",
                        lambda: STP(samples=p), "right"),
-        _headig_method(f"headig: STP P={p}, trapezoid", lambda: STP(samples=p), None),
-        _headig_method(f"headig: STP P={p}, gauss_legendre", lambda: STP(samples=p),
-                       "gauss_legendre"),
-        _headig_method(f"headig: STP P={p}, ramp_gauss (K nodes per ramp)",
+        _headig_method("trapezoid", f"headig: STP P={p}, trapezoid", lambda: STP(samples=p),
+                       None),
+        _headig_method("gauss_legendre", f"headig: STP P={p}, gauss_legendre",
+                       lambda: STP(samples=p), "gauss_legendre"),
+        _headig_method("ramp_gauss", f"headig: STP P={p}, ramp_gauss (K nodes per ramp)",
                        lambda: STP(samples=p), "ramp_gauss", max_steps=8),  # K x heads points
         _auto_method(f"headig default: STP P={p}, steps='auto'", lambda: STP(samples=p), args),
-        _headig_method("headig: DP, trapezoid", DP, "trapezoid"),
-        _headig_method("headig: DP, gauss_legendre", DP, "gauss_legendre"),
+        _headig_method("dp_trapezoid", "headig: DP, trapezoid", DP, "trapezoid"),
+        _headig_method("dp_gauss_legendre", "headig: DP, gauss_legendre", DP, "gauss_legendre"),
     ]
+    if not args.conv_methods:
+        return every
+    known = [m.key for m in every]
+    unknown = sorted(set(args.conv_methods) - set(known))
+    if unknown:
+        raise SystemExit(f"--conv-methods: unknown {unknown}; expected some of {known}")
+    # the original is the baseline of every speed-up, so it always runs first
+    return [m for m in every if m.key == "original" or m.key in args.conv_methods]
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -531,7 +562,7 @@ def convergence(args: argparse.Namespace) -> str:
     for name in args.conv_models:
         if name == "random":
             big = random_llada(args.conv_layers, args.conv_heads, args.big_d,
-                               device=args.device)
+                               vocab=args.big_vocab, device=args.device)
             cases.append((big.name_or_path + f" T={args.conv_seq}", big,
                           random_batch(args.conv_big_examples, args.conv_seq,
                                        args.conv_seq * 3 // 4, big.family.arch.vocab_size,
@@ -639,12 +670,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 gives stable timings on a shared machine)")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of the timings (a)")
-    p.add_argument("--repeats-slow", type=int, default=3, help="repeats of the timings (b, c)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved repeats of the timings (a)")
+    p.add_argument("--repeats-slow", type=int, default=5,
+                   help="interleaved repeats of the timings (b, c)")
     p.add_argument("--big-layers", type=int, default=4)
     p.add_argument("--big-heads", type=int, default=8)
     p.add_argument("--big-d", type=int, default=256)
     p.add_argument("--big-seq", type=int, default=256)
+    p.add_argument("--big-vocab", type=int, default=4096,
+                   help="vocabulary of the random models (LLaDA-8B: 126464)")
     p.add_argument("--big-examples", type=int, default=1)
     p.add_argument("--tiny-examples", type=int, default=4)
     p.add_argument("--path-samples", type=int, default=2)
@@ -674,7 +709,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conv-models", type=lambda s: s.split(","),
                    default=["tiny-llada", "tiny-dream", "random"],
                    help="fixtures by name and/or 'random' (the --conv-layers x --conv-heads model)")
+    p.add_argument("--conv-methods", type=lambda s: s.split(","), default=None,
+                   help="comma list of method keys to run (default: all); the original "
+                        "always runs: right, trapezoid, gauss_legendre, ramp_gauss, auto, "
+                        "dp_trapezoid, dp_gauss_legendre")
     args = p.parse_args(argv)
+    methods(args)  # a bad --conv-methods fails here, before any model is built
     torch.set_num_threads(args.threads)
     load = LoadRecord.start()
     print(f"# headig {headig.__version__}, device {args.device}\n\n{' '.join(sys.argv)}\n\n"
