@@ -274,7 +274,7 @@ def batching(args: argparse.Namespace, name: str, model, length: int, prompt: in
     samples, last = timed_together(
         {f"ibs {ibs}": (lambda ibs=ibs: integrated_gradients(
             model, batch, internal_batch_size=ibs, return_per_example=False, **settings))
-         for ibs in sizes}, args.repeats_slow, args.device, warmup=0)
+         for ibs in sizes}, args.repeats_slow, args.device)
     print(f"(b) {name}: " + ", ".join(f"{k} {median(v):.3f}s" for k, v in samples.items()),
           file=sys.stderr, flush=True)
     ref = last["ibs 64"].scores
@@ -300,7 +300,7 @@ def versus_original(args: argparse.Namespace, label: str, model, batch: list[dic
                                                 path_samples=args.path_samples),
         "headig": lambda: integrated_gradients(model, batch, path=path, rule="right", **kw),
         "trapezoid": lambda: integrated_gradients(model, batch, path=path, **kw),
-    }, args.repeats_slow, args.device, warmup=0)
+    }, args.repeats_slow, args.device)
     t_orig, t_new = median(samples["original"]), median(samples["headig"])
     print(f"(c) {label}: original {t_orig:.3f}s, headig {t_new:.3f}s", file=sys.stderr,
           flush=True)

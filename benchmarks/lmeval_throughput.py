@@ -10,9 +10,11 @@ minimal lm-eval wrapper does) and through ``HeadigDLLM`` at several ``--batch_si
 It also checks that every batch size returns the same numbers as the plain loop (max |d
 loglik| and the number of differing generations), because a batch-size-dependent speed-up
 would be worthless. The plain generation loop uses the same early stop on EOS as the
-plugin, so the comparison measures batching and plumbing, not the stopping rule. Each
-configuration runs ``--repeats`` times and the fastest run is reported (shared machines
-are noisy).
+plugin, so the comparison measures batching and plumbing, not the stopping rule. Timing
+goes through ``_timing.interleaved``: every repeat runs the plain loop and every batch size
+once, in a rotating order; a cell is the median over ``--repeats`` repeats, and speed-ups
+are paired within a repeat and shown as median [min–max]. The load average before and
+after is printed, with a warning when the machine was busy.
 
     python benchmarks/lmeval_throughput.py                       # tiny fixture, CPU
     python benchmarks/lmeval_throughput.py --pretrained /ckpt/LLaDA-8B-Instruct \\
@@ -26,10 +28,12 @@ import json
 import platform
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import LoadRecord, Spread, conditions, interleaved  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("Beautiful is better than ugly. Explicit is better than implicit. Simple is better "
@@ -50,18 +54,6 @@ def make_texts(n: int, seed: int, lo: int, hi: int) -> list[str]:
     return out
 
 
-REPEATS = 3
-
-
-def timed(fn):
-    best, out = float("inf"), None
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch-sizes", default="1,4,16")
-    p.add_argument("--repeats", type=int, default=3, help="runs per configuration (best kept)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved repeats of every configuration (median reported)")
     p.add_argument("--requests", type=int, default=32, help="requests per workload")
     p.add_argument("--mc-num", type=int, default=32)
     p.add_argument("--mc-batch-size", type=int, default=32)
@@ -80,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default="ll-1tok,ll-mc,gen")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
-    global REPEATS
-    REPEATS = max(1, a.repeats)
+    unknown = sorted(set(a.workloads.split(",")) - {"ll-1tok", "ll-mc", "gen"})
+    if unknown:
+        raise SystemExit(f"unknown workloads {unknown}; expected ll-1tok, ll-mc, gen")
+    if a.repeats < 1:
+        raise SystemExit(f"--repeats {a.repeats}; expected at least 1")
     if a.threads:
         torch.set_num_threads(a.threads)
 
@@ -103,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     multi = [" " + t for t in make_texts(a.requests, 2, 3, 6)]
     workloads = a.workloads.split(",")
     rows: list[dict] = []
+    load = LoadRecord.start()
 
     def sync() -> None:
         if lm.device.type == "cuda":
@@ -113,6 +110,27 @@ def main(argv: list[str] | None = None) -> int:
                      disable_tqdm=True)
     lm.generate_until([Instance("generate_until", {}, (contexts[0], {"until": []}), 0)],
                       disable_tqdm=True)
+
+    def measure(name: str, plain, batched, agreement) -> None:
+        """Interleave the plain loop and every batch size; one row each."""
+        outputs: dict[str, object] = {}
+
+        def keep(key, fn):
+            def call():
+                outputs[key] = fn()
+            return call
+
+        variants = {"plain": keep("plain", plain)}
+        for bs in sizes:
+            variants[f"bs{bs}"] = keep(f"bs{bs}", lambda bs=bs: batched(bs))
+        times = interleaved(variants, a.repeats, warmup=0)
+        n = len(contexts)
+        for key, secs in times.items():
+            speed = Spread.of([p / t for p, t in zip(times["plain"], secs)])
+            rows.append({"workload": name, "mode": "plain loop" if key == "plain" else
+                         "headig-dllm", "batch_size": 1 if key == "plain" else int(key[2:]),
+                         "req_per_s": n / Spread.of(secs).median, "seconds": secs,
+                         "speed_up": speed.fmt(), **agreement(outputs[key], outputs["plain"])})
 
     for name in workloads:
         if name in ("ll-1tok", "ll-mc"):
@@ -131,23 +149,15 @@ def main(argv: list[str] | None = None) -> int:
                 sync()
                 return out
 
-            ref, secs = timed(plain)
-            rows.append({"workload": name, "mode": "plain loop", "batch_size": 1,
-                         "req_per_s": len(reqs) / secs, "seconds": secs, "max_abs_diff": 0.0})
-            for bs in sizes:
+            def run(bs, reqs=reqs):
                 lm._batch_size = bs
+                out = [o[0] for o in lm.loglikelihood(reqs, disable_tqdm=True)]
+                sync()
+                return out
 
-                def run(reqs=reqs):
-                    out = lm.loglikelihood(reqs, disable_tqdm=True)
-                    sync()
-                    return out
-
-                out, secs = timed(run)
-                diff = max(abs(o[0] - r) for o, r in zip(out, ref))
-                rows.append({"workload": name, "mode": "headig-dllm", "batch_size": bs,
-                             "req_per_s": len(reqs) / secs, "seconds": secs,
-                             "max_abs_diff": diff})
-        elif name == "gen":
+            measure(name, plain, run, lambda out, ref: {
+                "max_abs_diff": max(abs(o - r) for o, r in zip(out, ref))})
+        else:
             reqs = [Instance("generate_until", {}, (c, {"until": []}), i)
                     for i, c in enumerate(contexts)]
             s = lm._settings({})
@@ -167,41 +177,36 @@ def main(argv: list[str] | None = None) -> int:
                 sync()
                 return out
 
-            ref, secs = timed(plain_gen)
-            rows.append({"workload": name, "mode": "plain loop", "batch_size": 1,
-                         "req_per_s": len(reqs) / secs, "seconds": secs, "n_differ": 0})
-            for bs in sizes:
+            def run_gen(bs, reqs=reqs):
                 lm._batch_size = bs
+                out = lm.generate_until(reqs, disable_tqdm=True)
+                sync()
+                return out
 
-                def run_gen(reqs=reqs):
-                    out = lm.generate_until(reqs, disable_tqdm=True)
-                    sync()
-                    return out
-
-                out, secs = timed(run_gen)
-                rows.append({"workload": name, "mode": "headig-dllm", "batch_size": bs,
-                             "req_per_s": len(reqs) / secs, "seconds": secs,
-                             "n_differ": sum(x != y for x, y in zip(out, ref))})
-        else:
-            raise SystemExit(f"unknown workload {name!r}; expected ll-1tok, ll-mc, gen")
+            measure(name, plain_gen, run_gen, lambda out, ref: {
+                "n_differ": sum(x != y for x, y in zip(out, ref))})
 
     header = (f"headig-dllm throughput: {Path(a.pretrained).name}, {lm.family.name}, "
               f"{model.dtype}, device {lm.device}, torch threads {torch.get_num_threads()}, "
               f"{a.requests} requests/workload, mc_num {a.mc_num}, gen_length {a.gen_length}, "
               f"steps {a.steps}, block_length {a.block_length}, {platform.processor() or ''}")
+    load.stop()
     print(header)
+    print(f"{conditions()}\n{load.report()}\n")
+    print(f"Requests/s from the median of {a.repeats} interleaved repeats; speed-up over the "
+          "plain loop paired within a repeat, median [min–max].\n")
     print("| workload | mode | batch size | requests/s | speed-up | agreement with plain loop |")
     print("|---|---|---:|---:|---:|---|")
-    base = {r["workload"]: r["req_per_s"] for r in rows if r["mode"] == "plain loop"}
     for r in rows:
         if "max_abs_diff" in r:
             agree = f"max abs diff {r['max_abs_diff']:.1e}"
         else:
             agree = f"{r['n_differ']} of {a.requests} texts differ"
         print(f"| {r['workload']} | {r['mode']} | {r['batch_size']} | {r['req_per_s']:.1f} | "
-              f"{r['req_per_s'] / base[r['workload']]:.2f}x | {agree} |")
+              f"{r['speed_up']} | {agree} |")
     if a.json:
-        Path(a.json).write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+        Path(a.json).write_text(json.dumps({"header": header, "load_before": load.before,
+                                            "load_after": load.after, "rows": rows}, indent=2))
     return 0
 
 

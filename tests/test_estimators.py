@@ -233,6 +233,22 @@ def test_variants_dedup_and_prompt_never_masked():
     assert torch.equal(v.masks, v2.masks)
 
 
+def test_replace_gives_a_fresh_mask_cache():
+    """A copy with another seed draws its own masks instead of reusing the original's."""
+    import dataclasses
+
+    from headig.attribution import Item, MaskedDiffusionObjective
+    item = Item("y", torch.arange(30), torch.arange(30) >= 10)
+    obj = MaskedDiffusionObjective(mask_probs=(0.5,), mask_samples_per_prob=4, seed=0)
+    first = obj.variants(item).masks
+    other = dataclasses.replace(obj, seed=1)
+    fresh = MaskedDiffusionObjective(mask_probs=(0.5,), mask_samples_per_prob=4, seed=1)
+    assert torch.equal(other.variants(item).masks, fresh.variants(item).masks)
+    assert not torch.equal(other.variants(item).masks, first)
+    assert torch.equal(obj.variants(item).masks, first)  # the original keeps its own
+    assert other == fresh  # the cache takes no part in equality
+
+
 def test_resume_after_kill_gives_same_result(loaded, tmp_path, monkeypatch):
     model, _ = loaded("tiny-llada")
     batch = make_batch(n=5)

@@ -171,7 +171,10 @@ class MaskedDiffusionObjective:
     loss_normalize: str = "mean_masked"
     seed: int = 0
     masks: Mapping[str, Tensor] | None = None
-    _cache: dict[str, Variants] = field(default_factory=dict, repr=False)
+    # Not an init field: dataclasses.replace() then gives the copy its own, empty cache
+    # instead of sharing masks drawn under the old settings.
+    _cache: dict[str, Variants] = field(default_factory=dict, init=False, repr=False,
+                                        compare=False)
 
     def __post_init__(self) -> None:
         probs = [float(p) for p in self.mask_probs]

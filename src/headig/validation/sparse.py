@@ -370,8 +370,7 @@ def compare_budget_policies(
     template = default_objective(objective)
 
     def seeded(seed: int) -> MaskedDiffusionObjective:
-        # a fresh mask cache: replace() would copy (share) the template's cached masks
-        return dataclasses.replace(template, seed=int(seed), _cache={})
+        return dataclasses.replace(template, seed=int(seed))
 
     train_items, held = eval_items(train), eval_items(held_out)
     kw = {"block_size": int(block_size), "min_seq_len": 0, "kernel": "gather",
