@@ -161,3 +161,13 @@ def test_load_record_warns_above_core_count(monkeypatch):
     text = rec.report()
     assert "before 0.50/0.40/0.30, after 3.50/1.00/0.50; 2 cores" in text
     assert "WARNING" in text
+
+
+def test_load_record_tolerates_a_benchmark_filling_every_core(monkeypatch):
+    """A 2-thread run alone on 2 cores ends near load 2.0; another job shows as ~3."""
+    monkeypatch.setattr(_timing, "cores", lambda: 2)
+    for after, loaded in (((2.04, 1.9, 1.5), False), ((2.26, 2.0, 1.5), True)):
+        loads = iter([(0.8, 0.8, 0.5), after])
+        monkeypatch.setattr(_timing, "load_average", lambda loads=loads: next(loads))
+        rec = _timing.LoadRecord.start().stop()
+        assert rec.loaded() is loaded and ("WARNING" in rec.report()) is loaded
