@@ -4,7 +4,8 @@ It runs, one after the other, each as its own process (a crash or a timeout in o
 leaves the others' tables):
 
 1. ``sparse_attention.py`` at 4k/16k/64k tokens in bfloat16 with LLaDA-8B's attention shape
-   (32 heads of 128), kernels ``auto`` and ``gather``, attention alone;
+   (32 heads of 128), kernel ``auto``, attention alone; then ``auto`` against the ``gather``
+   fallback at 4k/16k (gather's copies grow with length, so not at 64k);
 2. ``attribution.py`` speed tables (a)–(c) on a random LLaDA-8B-width model (d_model 4096,
    32 heads, MLP 12288, vocabulary 126464) with a few layers;
 3. ``attribution.py --convergence-only`` on the same width: time to a 2% completeness
@@ -51,17 +52,26 @@ def steps(device: str, smoke: bool, layers: int) -> list[tuple[str, list[str]]]:
                 "--conv-max-steps", "4", "--orig-max-steps", "4"]
     else:
         attention = ["--lengths", "4096,16384,65536", "--keeps", "0.1,0.3,0.5", "--heads", "32",
-                     "--head-dim", "128", "--repeats", "5", "--kernels", "auto,gather",
+                     "--head-dim", "128", "--repeats", "5", "--kernels", "auto",
                      "--dtype", "bfloat16"]
         width = ["--big-layers", str(layers), "--big-heads", "32", "--big-d", "4096",
                  "--big-seq", "512", "--big-vocab", "126464"]
         conv = ["--conv-layers", str(layers), "--conv-heads", "32", "--big-d", "4096",
                 "--conv-seq", "512", "--big-vocab", "126464", "--ref-path-samples", "16",
                 "--ref-steps", "16"]
+    # the gather fallback side by side with auto, where its copies stay small
+    kernels = ["--lengths", "4096,16384", "--keeps", "0.3", "--kernels", "auto,gather"]
+    kernels += (["--heads", "2", "--head-dim", "32", "--repeats", "2", "--dtype", "float32"]
+                if smoke else ["--heads", "32", "--head-dim", "128", "--repeats", "5",
+                               "--dtype", "bfloat16"])
+    if smoke:
+        kernels[1] = "512"
     dev = ["--device", device]
     return [
         ("Sparse attention alone", py + [str(HERE / "sparse_attention.py"), *dev, *attention,
                                          "--skip-e2e"]),
+        ("Sparse attention: auto vs gather", py + [str(HERE / "sparse_attention.py"), *dev,
+                                                   *kernels, "--skip-e2e"]),
         ("Attribution speed (a)–(c)", py + [str(HERE / "attribution.py"), *dev, *width]),
         ("Attribution: time to a converged score (d)",
          py + [str(HERE / "attribution.py"), *dev, "--convergence-only", "--conv-models",
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=4, help="layers of the random 8B-width model")
     p.add_argument("--out", type=Path, default=None,
                    help="markdown report (default: docs/benchmarks-gpu.md; none with --smoke)")
-    p.add_argument("--timeout", type=float, default=240.0, help="seconds allowed per step")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds allowed per step")
     p.add_argument("--smoke", action="store_true", help="toy sizes, to check the chain")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -21,7 +21,8 @@ def test_gpu_suite_smoke_writes_every_section(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = out.read_text()
     assert report.startswith("# GPU benchmarks (smoke run")
-    assert report.count(" — ok, ") == 3, report
+    assert report.count(" — ok, ") == 4, report
+    assert "Sparse attention: auto vs gather" in report
     for table in ("Attention alone", "(a) one gradient evaluation", "(b) integrated_gradients",
                   "(c) time to score", "(d) time to a converged score"):
         assert table in report, table
