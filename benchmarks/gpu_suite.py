@@ -37,6 +37,10 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# scripts by their path in the repository (the steps run from its root), so that the
+# report shows no machine-specific path
+SPARSE = "benchmarks/sparse_attention.py"
+ATTRIBUTION = "benchmarks/attribution.py"
 
 
 def steps(device: str, smoke: bool, layers: int) -> list[tuple[str, list[str]]]:
@@ -46,7 +50,8 @@ def steps(device: str, smoke: bool, layers: int) -> list[tuple[str, list[str]]]:
         attention = ["--lengths", "512", "--keeps", "0.3", "--heads", "2", "--head-dim", "32",
                      "--repeats", "2", "--kernels", "gather", "--dtype", "float32"]
         width = ["--big-layers", "1", "--big-heads", "2", "--big-d", "64", "--big-seq", "64",
-                 "--big-vocab", "256", "--repeats", "2", "--repeats-slow", "2"]
+                 "--big-vocab", "256", "--repeats", "2", "--repeats-slow", "2",
+                 "--tiny-examples", "1"]
         conv = ["--conv-layers", "1", "--conv-heads", "2", "--big-d", "64", "--conv-seq", "64",
                 "--big-vocab", "256", "--ref-path-samples", "2", "--ref-steps", "4",
                 "--conv-max-steps", "4", "--orig-max-steps", "4"]
@@ -68,13 +73,13 @@ def steps(device: str, smoke: bool, layers: int) -> list[tuple[str, list[str]]]:
         kernels[1] = "512"
     dev = ["--device", device]
     return [
-        ("Sparse attention alone", py + [str(HERE / "sparse_attention.py"), *dev, *attention,
+        ("Sparse attention alone", py + [SPARSE, *dev, *attention,
                                          "--skip-e2e"]),
-        ("Sparse attention: auto vs gather", py + [str(HERE / "sparse_attention.py"), *dev,
+        ("Sparse attention: auto vs gather", py + [SPARSE, *dev,
                                                    *kernels, "--skip-e2e"]),
-        ("Attribution speed (a)–(c)", py + [str(HERE / "attribution.py"), *dev, *width]),
+        ("Attribution speed (a)–(c)", py + [ATTRIBUTION, *dev, *width]),
         ("Attribution: time to a converged score (d)",
-         py + [str(HERE / "attribution.py"), *dev, "--convergence-only", "--conv-models",
+         py + [ATTRIBUTION, *dev, "--convergence-only", "--conv-models",
                "random", "--conv-methods", "trapezoid,auto,dp_trapezoid", *conv]),
     ]
 
@@ -124,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[str] = []
     failures = 0
     for title, cmd in steps(args.device, args.smoke, args.layers):
-        shown = " ".join(["python", *(Path(c).relative_to(ROOT).as_posix() if c.startswith(
-            str(ROOT)) else c for c in cmd[1:])])
+        shown = " ".join(["python", *cmd[1:]])
         print(f"== {title}: {shown}", flush=True)
         t0 = time.perf_counter()
         try:
