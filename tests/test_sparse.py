@@ -753,3 +753,49 @@ def test_policy_totals_are_integer_exact(loaded, keep):
             for kv in ("query", "kv"):
                 b = SparseAttentionPatch(model, policy, kv_groups=kv).budgets(n_blocks)
                 assert b.dtype == torch.long and int(b.sum()) == 2 * 4 * u
+
+
+@pytest.mark.parametrize("name,mode", [("tiny-llada", "uniform"), ("tiny-dream", "adaptive")])
+def test_padded_rows_get_the_budget_they_get_alone(loaded, name, mode):
+    """A row's sparse pattern and logits do not depend on how far its batch-mates pad it."""
+    model, _ = loaded(name)
+    fam = model.family
+    imp = torch.randn(fam.n_layers, fam.n_heads, generator=torch.Generator().manual_seed(3))
+    lengths = (61, 37, 22)
+    ids = _ids(len(lengths), max(lengths), 5)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    kw = dict(keep=0.3, block_size=4, min_seq_len=0, kernel="gather")
+    if mode == "adaptive":
+        kw["importance"] = imp
+    # the default counts budgets on the padded length: the short rows differ from alone
+    with torch.no_grad(), SparseAttentionPatch(model, mode, **kw) as padded_budget:
+        model(ids, attention_mask=mask)
+    assert not torch.equal(padded_budget.last_patterns[0].kept[2, :, :6, :6].sum(-1),
+                           torch.full((fam.n_heads, 6), 2))
+    kw["row_budgets"] = True
+    for in_generation in (False, True):
+        patch = SparseAttentionPatch(model, mode, **kw)
+        with torch.no_grad(), patch:
+            if in_generation:
+                with denoising(model, total_steps=4, prompt_length=8) as st:
+                    st.step = 3
+                    batched = model(ids, attention_mask=mask).logits
+            else:
+                batched = model(ids, attention_mask=mask).logits
+        grouped = patch.last_patterns[0]
+        for i, n in enumerate(lengths):
+            alone = SparseAttentionPatch(model, mode, **kw)
+            with torch.no_grad(), alone:
+                if in_generation:
+                    with denoising(model, total_steps=4, prompt_length=8) as st:
+                        st.step = 3
+                        single = model(ids[i:i + 1, :n]).logits
+                else:
+                    single = model(ids[i:i + 1, :n]).logits
+            torch.testing.assert_close(batched[i, :n], single[0], atol=2e-5, rtol=1e-5)
+            nk = math.ceil(n / 4)
+            kept = grouped.kept[i, :, :nk, :nk]
+            assert torch.equal(kept, alone.last_patterns[0].kept[0])
+            assert int(kept[:, 0].sum()) == int(alone.budgets(nk)[0].sum())

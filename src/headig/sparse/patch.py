@@ -45,7 +45,13 @@ from headig.sparse.budgets import (
     n_blocks_for,
 )
 from headig.sparse.kernels import KERNELS, auto_kernel, mark_flex_broken, run_kernel
-from headig.sparse.patterns import ESTIMATES, BlockPattern, build_pattern
+from headig.sparse.patterns import (
+    ESTIMATES,
+    BlockPattern,
+    RowGroupedPattern,
+    build_pattern,
+)
+from headig.sparse.patterns import pad_tokens as _pad_tokens
 
 log = logging.getLogger("headig.sparse")
 
@@ -148,6 +154,13 @@ class SparseAttentionPatch(Intervention):
         estimate: how the pattern is scored: "auto" ("exact" when built once per
             generation, "pooled" when chosen for a single forward), "exact" or "pooled".
         keep_diagonal: always keep each query block's own key block.
+        row_budgets: in a padded batch, count each row's budget on its own real key blocks,
+            so a row's pattern (and output) is the one it gets alone, whatever its
+            batch-mates (rows with equal real lengths share one kernel call). The default,
+            False, counts every row's budget on the padded length, as the released
+            version did and as the documented validation numbers were measured: short
+            rows in a batch of long ones then keep a larger share of their keys than
+            ``keep``. Pass True for batch-invariant results.
 
     Deprecated call style, same results: ``SparseAttentionPatch(model, mode, keep=...,
     importance=..., min_keep=..., max_keep=..., importance_increases_keep=..., clip=...,
@@ -169,13 +182,15 @@ class SparseAttentionPatch(Intervention):
     min_seq_len: int | None = None
     estimate: str = "auto"
     keep_diagonal: bool = True
+    row_budgets: bool = False
 
     def __init__(self, model: nn.Module, budget: BudgetPolicy | str | None = None,
                  keep: float | None = None, importance: Any = None, *,
                  block_size: int | None = None, skip: float = 0.2, kv_groups: str = "query",
                  kernel: str = "auto", layers: LayerSpec = None,
                  min_seq_len: int | None = None, estimate: str = "auto",
-                 keep_diagonal: bool = True, mode: str | None = None,
+                 keep_diagonal: bool = True, row_budgets: bool = False,
+                 mode: str | None = None,
                  min_keep: float | None = None, max_keep: float | None = None,
                  importance_increases_keep: bool | None = None,
                  clip: Sequence[float] | None = None, strength: float | None = None) -> None:
@@ -233,6 +248,9 @@ class SparseAttentionPatch(Intervention):
         self.min_seq_len = min_seq_len
         self.estimate = estimate
         self.keep_diagonal = bool(keep_diagonal)
+        if not isinstance(row_budgets, bool):
+            raise ValueError(f"row_budgets={row_budgets!r}; expected True or False")
+        self.row_budgets = row_budgets
         first = layer_list[0].attn
         self.n_layers = len(layer_list)
         self.n_heads = int(first.n_heads)
@@ -246,7 +264,7 @@ class SparseAttentionPatch(Intervention):
         self._logged: set[str] = set()
         self._cache_key = f"headig.sparse:{id(self)}"
         self.stats: Counter[str] = Counter()
-        self.last_patterns: dict[int, BlockPattern] = {}
+        self.last_patterns: dict[int, BlockPattern | RowGroupedPattern] = {}
 
     @property
     def mode(self) -> str:
@@ -336,6 +354,7 @@ class SparseAttentionPatch(Intervention):
             self.stats["dense_full"] += 1
             return prev(q, k, v, mask=mask, module=module)
         key_valid, other = split_mask(mask, b, t)
+        groups = self._row_groups(nk, key_valid) if self.row_budgets and other is None else None
         if state is not None:
             key = (self._cache_key, layer)
             pattern = state.cache.get(key)
@@ -344,10 +363,10 @@ class SparseAttentionPatch(Intervention):
                     self._note("rebuild", "batch or length changed inside a generation run: "
                                "choosing a new sparse pattern")
                 pattern = self._build(layer, q, k, counts, key_valid, "exact",
-                                      state.prompt_length)
+                                      state.prompt_length, groups)
                 state.cache[key] = pattern
         else:
-            pattern = self._build(layer, q, k, counts, key_valid, "pooled", None)
+            pattern = self._build(layer, q, k, counts, key_valid, "pooled", None, groups)
         self.stats["sparse"] += 1
         if other is not None:
             self._note("mask", "attention mask is not a key-padding mask: using the dense-mask "
@@ -357,18 +376,56 @@ class SparseAttentionPatch(Intervention):
             return dense_mask_sparse(q, k, v, pattern, None, other)
         return self._run(q, k, v, pattern, key_valid)
 
+    def _row_groups(self, nk: int, key_valid: Tensor | None) -> list[tuple[Tensor, int]] | None:
+        """Rows grouped by their number of real key blocks, when padding makes them differ.
+
+        None when every row's keys reach into all ``nk`` blocks (no padding block): then
+        the whole batch shares one budget, as before. Otherwise each row's budget is counted
+        on its own real blocks, so a row gets the pattern size it would get alone, whatever
+        its batch-mates.
+        """
+        if key_valid is None:
+            return None
+        tp = nk * self.block_size
+        real = _pad_tokens(key_valid, tp, 1, False).view(key_valid.shape[0], nk, -1).any(-1)
+        n_real = real.sum(-1).clamp_min(1).cpu()
+        if bool((n_real == nk).all()):
+            return None
+        return [(torch.nonzero(n_real == n).flatten(), int(n))
+                for n in torch.unique(n_real).tolist()]
+
     def _build(self, layer: int, q: Tensor, k: Tensor, counts: Tensor, key_valid: Tensor | None,
-               default_estimate: str, prompt_length: int | None) -> BlockPattern:
+               default_estimate: str, prompt_length: int | None,
+               groups: list[tuple[Tensor, int]] | None = None,
+               ) -> BlockPattern | RowGroupedPattern:
         estimate = default_estimate if self.estimate == "auto" else self.estimate
-        pattern = build_pattern(q, k, counts, self.block_size, key_valid=key_valid,
-                                estimate=estimate, kv_groups=self.kv_groups,
-                                prompt_length=prompt_length, keep_diagonal=self.keep_diagonal)
+        kw = dict(estimate=estimate, kv_groups=self.kv_groups, prompt_length=prompt_length,
+                  keep_diagonal=self.keep_diagonal)
+        pattern: BlockPattern | RowGroupedPattern
+        if groups is None:
+            pattern = build_pattern(q, k, counts, self.block_size, key_valid=key_valid, **kw)
+        else:
+            parts = []
+            for rows, n_real in groups:
+                r = rows.to(q.device)
+                parts.append((rows, build_pattern(
+                    q[r], k[r], self.budgets(n_real)[layer], self.block_size,
+                    key_valid=None if key_valid is None else key_valid[r], **kw)))
+            pattern = RowGroupedPattern(parts, q.shape[0])
         self.stats["builds"] += 1
         self.last_patterns[layer] = pattern
         return pattern
 
-    def _run(self, q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern,
+    def _run(self, q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern | RowGroupedPattern,
              key_valid: Tensor | None) -> Tensor:
+        if isinstance(pattern, RowGroupedPattern):
+            outs, order = [], []
+            for rows, sub in pattern.groups:
+                r = rows.to(q.device)
+                outs.append(self._run(q[r], k[r], v[r], sub,
+                                      None if key_valid is None else key_valid[r]))
+                order.append(r)
+            return torch.cat(outs)[torch.argsort(torch.cat(order))]
         name = self._kernel_for(q, k, v)
         if name == "flex":
             try:

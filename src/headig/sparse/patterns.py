@@ -225,6 +225,49 @@ def select_blocks(scores: Tensor, head_counts: Tensor, *, prompt_blocks: int | N
             | ((r_g < c_g[..., None]) & gen_cols))
 
 
+@dataclass
+class RowGroupedPattern:
+    """Patterns for a padded batch whose rows hold different numbers of real key blocks.
+
+    A row's budget is counted on its own real key blocks, as if it ran alone, so padding
+    added for its batch-mates does not enlarge it. Rows with the same count of real blocks
+    share one :class:`BlockPattern` (its batch is those rows); kernels run per group.
+    """
+
+    groups: list[tuple[Tensor, BlockPattern]]  # (row indices [n], pattern of those rows)
+    batch: int
+
+    @property
+    def seq_len(self) -> int:
+        return self.groups[0][1].seq_len
+
+    @property
+    def block_size(self) -> int:
+        return self.groups[0][1].block_size
+
+    @property
+    def n_blocks(self) -> int:
+        return self.groups[0][1].n_blocks
+
+    @property
+    def kept(self) -> Tensor:
+        """bool [B, H, nq, nk] of the whole batch (for inspection)."""
+        first = self.groups[0][1].kept
+        out = torch.zeros(self.batch, *first.shape[1:], dtype=torch.bool, device=first.device)
+        for rows, pattern in self.groups:
+            out[rows.to(first.device)] = pattern.kept
+        return out
+
+    @property
+    def density(self) -> float:
+        return float(self.kept.float().mean())
+
+    def matches(self, batch: int, n_heads: int, seq_len: int, device: torch.device) -> bool:
+        first = self.groups[0][1]
+        return (self.batch == batch and first.kept.shape[1] == n_heads
+                and first.seq_len == seq_len and first.kept.device == device)
+
+
 def build_pattern(q: Tensor, k: Tensor, head_counts: Tensor, block_size: int, *,
                   key_valid: Tensor | None = None, estimate: str = "pooled",
                   kv_groups: str = "query", prompt_length: int | None = None,
