@@ -373,6 +373,27 @@ def test_sparse_variant_changes_outputs(importance_file, attention):
         g, disable_tqdm=True)
 
 
+def test_row_budgets_make_sparse_scores_independent_of_batch_mates():
+    """With row_budgets=true a request scores the same alone and next to a longer one."""
+    short = ll_req("Simple is better than complex.", " Flat")
+    long_ = ll_req("If the implementation is hard to explain, it's a bad idea. Errors should "
+                   "never pass silently. Unless explicitly silenced. In the face of ambiguity,"
+                   " refuse", " the")
+    kw = dict(attention="uniform", keep=0.25, block_size=2, skip=0.0, min_seq_len=0,
+              sparse_kernel="gather", mc_num=4, mc_batch_size=4)
+    scores = {}
+    for rb in (False, True):
+        lm = make(LLADA, row_budgets=rb, **kw)
+        alone = lm.loglikelihood([short], disable_tqdm=True)[0][0]
+        lm._batch_size = 2
+        together = lm.loglikelihood([short, long_], disable_tqdm=True)[0][0]
+        scores[rb] = (alone, together)
+    assert scores[True][0] == pytest.approx(scores[True][1], abs=1e-5)
+    assert abs(scores[False][0] - scores[False][1]) > 1e-3  # padded-length budgets differ
+    with pytest.raises(ModelArgsError, match="row_budgets"):
+        make(LLADA, row_budgets=True)  # a sparse-only argument without sparse attention
+
+
 # ----------------------------------------------------------------------------- cache key
 
 

@@ -117,6 +117,10 @@ class ModelArgs:
     sparse_kernel: str | None = _arg("str", None,
         "sparse attention kernel (library default auto: compiled flex_attention, else "
         "gather)", choices=SPARSE_KERNELS, group="intervention")
+    row_budgets: bool | None = _arg("bool", None,
+        "sparse attention: count each padded row's budget on its own tokens, so results "
+        "do not depend on batch composition (library default false: budgets on the padded "
+        "length)", group="intervention")
     importance: str | None = _arg("str", None,
         "head importance file (.safetensors from headig, or the original "
         "head_importance.pt); needed by prune=most|least and attention=adaptive",
@@ -363,7 +367,8 @@ def _checks(v: dict[str, Any], given: set[str]) -> None:
     v["max_new_tokens"] = None
     # sparse attention
     sparse_only = [k for k in ("keep", "skip", "block_size", "min_keep", "max_keep",
-                               "kv_groups", "min_seq_len", "sparse_kernel") if v[k] is not None]
+                               "kv_groups", "min_seq_len", "sparse_kernel", "row_budgets")
+                   if v[k] is not None]
     if v["attention"] == "dense":  # the new name; "standard" keeps older cache keys valid
         v["attention"] = "standard"
     if v["attention"] == "standard":

@@ -231,7 +231,8 @@ class HeadigDLLM(TemplateLM):
             kwargs = {k: v for k, v in (("skip", a.skip), ("block_size", a.block_size),
                                          ("kv_groups", a.kv_groups),
                                          ("min_seq_len", a.min_seq_len),
-                                         ("kernel", a.sparse_kernel)) if v is not None}
+                                         ("kernel", a.sparse_kernel),
+                                         ("row_budgets", a.row_budgets)) if v is not None}
             importance = self.importance if a.attention == "adaptive" else None
             try:
                 budget = budget_from_mode(a.attention, a.keep, importance,
