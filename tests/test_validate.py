@@ -380,3 +380,21 @@ def test_subsets_enumerated_in_code_order():
         bits = [int(keep[i // 3, i % 3]) for i in range(6)]
         assert bits == [(code >> i) & 1 for i in range(6)]
     assert list(itertools.islice(table.removed_of_code(0b111110), 3)) == [(0, 0)]
+
+
+def test_cli_validate_sparse_row_budgets_changes_short_rows_only(tmp_path):
+    """--row_budgets counts each padded row on its own tokens; at keep 1 nothing changes."""
+    from headig.cli.main import main
+
+    def loss(tag: str, *extra: str, keep: str = "0.3") -> float:
+        out = tmp_path / tag
+        assert main(["validate", "sparse", "--policies", "uniform", "--keep", keep,
+                     "--seeds", "0", "--limit", "12", "--train_limit", "6", "--block_size",
+                     "1", "--mask_probs", "0.5", "--accuracy", "no", "--no_progress",
+                     "--out", str(out), *extra]) == 0
+        rows = json.loads((out / "policies.json").read_text())["rows"]
+        return rows[0]["loss"]
+
+    padded, own = loss("a"), loss("b", "--row_budgets")
+    assert own > padded + 0.05  # short rows no longer keep more than 30% of their keys
+    assert loss("c", keep="1.0") == pytest.approx(loss("d", "--row_budgets", keep="1.0"))

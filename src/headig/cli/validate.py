@@ -138,6 +138,9 @@ def register(subparsers: Any) -> None:
                         "sequences have at least 16 blocks)")
     g.add_argument("--skip", type=float, default=0.2,
                    help="fraction of denoising steps that stay dense")
+    g.add_argument(*flags("--row_budgets"), action="store_true",
+                   help="count each padded row's budget on its own tokens (batch-invariant; "
+                        "default: on the batch's padded length, as the documented tables)")
     g.add_argument(*flags("--min_keep"), type=float, default=None,
                    help="adaptive: smallest per-head keep fraction")
     g.add_argument(*flags("--max_keep"), type=float, default=1.0,
@@ -314,7 +317,8 @@ def run_sparse(args: argparse.Namespace) -> int:
     encoded, labels, desc = load_data_from_args(args, tokenizer, embedded)
     say(f"data: {desc}")
     patch = {"block_size": args.block_size, "skip": args.skip, "min_keep": args.min_keep,
-             "max_keep": args.max_keep, "kv_groups": args.kv_groups, "kernel": args.kernel}
+             "max_keep": args.max_keep, "kv_groups": args.kv_groups, "kernel": args.kernel,
+             "row_budgets": args.row_budgets}
     t0 = time.time()
     with torch.no_grad():
         sweep = sparse_sweep(
@@ -364,7 +368,8 @@ def run_policies(args: argparse.Namespace, keeps: list[float], objective: Any,
                                   labels=labels or None),
         internal_batch_size=rows_per_forward(args, held),
         patch_kwargs={"kernel": "gather" if args.kernel == "auto" else args.kernel,
-                      "skip": args.skip, "kv_groups": args.kv_groups},
+                      "skip": args.skip, "kv_groups": args.kv_groups,
+                      "row_budgets": args.row_budgets},
         on_stage=None if args.no_progress else (lambda m: say(f"... {m}")))
     res.meta.update({"data": desc, "train_data": train_desc, "seconds": time.time() - t_start})
     files = res.save(out, plot=False)
