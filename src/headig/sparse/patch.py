@@ -50,8 +50,8 @@ from headig.sparse.patterns import (
     BlockPattern,
     RowGroupedPattern,
     build_pattern,
+    real_key_blocks,
 )
-from headig.sparse.patterns import pad_tokens as _pad_tokens
 
 log = logging.getLogger("headig.sparse")
 
@@ -386,9 +386,7 @@ class SparseAttentionPatch(Intervention):
         """
         if key_valid is None:
             return None
-        tp = nk * self.block_size
-        real = _pad_tokens(key_valid, tp, 1, False).view(key_valid.shape[0], nk, -1).any(-1)
-        n_real = real.sum(-1).clamp_min(1).cpu()
+        n_real = real_key_blocks(key_valid, nk, self.block_size).sum(-1).clamp_min(1).cpu()
         if bool((n_real == nk).all()):
             return None
         return [(torch.nonzero(n_real == n).flatten(), int(n))

@@ -225,6 +225,12 @@ def select_blocks(scores: Tensor, head_counts: Tensor, *, prompt_blocks: int | N
             | ((r_g < c_g[..., None]) & gen_cols))
 
 
+def real_key_blocks(key_valid: Tensor, n_blocks: int, block_size: int) -> Tensor:
+    """bool [B, n_blocks]: which key blocks hold at least one real (non-padding) key."""
+    return pad_tokens(key_valid, n_blocks * block_size, 1, False).view(
+        key_valid.shape[0], n_blocks, -1).any(-1)
+
+
 @dataclass
 class RowGroupedPattern:
     """Patterns for a padded batch whose rows hold different numbers of real key blocks.
@@ -236,18 +242,6 @@ class RowGroupedPattern:
 
     groups: list[tuple[Tensor, BlockPattern]]  # (row indices [n], pattern of those rows)
     batch: int
-
-    @property
-    def seq_len(self) -> int:
-        return self.groups[0][1].seq_len
-
-    @property
-    def block_size(self) -> int:
-        return self.groups[0][1].block_size
-
-    @property
-    def n_blocks(self) -> int:
-        return self.groups[0][1].n_blocks
 
     @property
     def kept(self) -> Tensor:
@@ -263,9 +257,8 @@ class RowGroupedPattern:
         return float(self.kept.float().mean())
 
     def matches(self, batch: int, n_heads: int, seq_len: int, device: torch.device) -> bool:
-        first = self.groups[0][1]
-        return (self.batch == batch and first.kept.shape[1] == n_heads
-                and first.seq_len == seq_len and first.kept.device == device)
+        rows, first = self.groups[0]
+        return self.batch == batch and first.matches(len(rows), n_heads, seq_len, device)
 
 
 def build_pattern(q: Tensor, k: Tensor, head_counts: Tensor, block_size: int, *,
@@ -288,7 +281,7 @@ def build_pattern(q: Tensor, k: Tensor, head_counts: Tensor, block_size: int, *,
         scores = block_scores(q, k, block_size, key_valid=key_valid, estimate=estimate)
         block_valid = None
         if key_valid is not None:
-            block_valid = pad_tokens(key_valid, nb * block_size, 1, False).view(b, nb, -1).any(-1)
+            block_valid = real_key_blocks(key_valid, nb, block_size)
         prompt_blocks = None if prompt_length is None else n_blocks_for(prompt_length, block_size)
         if kv_groups == "kv" and g > 1:
             grouped = head_counts.view(kv, g)

@@ -149,6 +149,9 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
     kw.setdefault("min_seq_len", 0)
     if kw.get("kernel") in (None, "auto") and device_of(model).type == "cpu":
         kw["kernel"] = "gather"  # compiling flex_attention on a CPU costs more than it saves
+    # options of the budget policy, not of the patch
+    policy_opts = {k: kw.pop(k) for k in ("min_keep", "max_keep", "importance_increases_keep",
+                                          "clip", "strength") if k in kw}
     stage = ev.on_stage or (lambda _m: None)
     full = torch.ones(family.n_layers, family.n_heads, dtype=torch.bool)
     configs = ([("standard", 1.0)] if "standard" in modes else []) + \
@@ -158,13 +161,9 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
     for mode, keep in configs:
         stage(f"{mode} attention" + ("" if mode == "standard" else f", keep {keep:g}"))
         start = time.time()
-        policy_opts = {k: kw.pop(k) for k in ("min_keep", "max_keep",
-                                              "importance_increases_keep", "clip", "strength")
-                       if k in kw}
         budget = budget_from_mode(mode, keep, importance if mode == "adaptive" else None,
                                   policy_opts)
         patch = SparseAttentionPatch(model, budget, **kw) if mode != "standard" else None
-        kw.update(policy_opts)
         if patch is not None:
             patch.apply()
         try:
@@ -185,7 +184,7 @@ def sparse_sweep(model: nn.Module, batch: Any, importance: Any = None, *,
         bar.update(1)
     bar.close()
     meta = {"n_examples": len(items), "objective": obj.settings(),
-            "patch": {k: v for k, v in kw.items()}, "family": family.name,
+            "patch": {**kw, **policy_opts}, "family": family.name,
             "model": getattr(model, "name_or_path", None)}
     return SparseSweep(rows=rows, meta=meta)
 
