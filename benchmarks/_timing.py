@@ -163,13 +163,18 @@ class Spread:
 def interleaved(variants: Mapping[str, Callable[[], object]], repeats: int, *,
                 warmup: int = 1, device: torch.device | str | None = None,
                 timer: Callable[[Callable[[], object]], float] | None = None,
-                ) -> dict[str, list[float]]:
+                results: dict[str, object] | None = None) -> dict[str, list[float]]:
     """Time every variant once per repeat, rotating the order; samples in repeat order.
 
     ``timer`` turns a variant into seconds (default: one call of it). Repeat ``r`` starts
     with variant ``r mod n``, so no variant always runs right after the same neighbour.
+    ``results``, when given, receives each variant's last return value (to check that the
+    variants agree).
     """
     run = timer or (lambda fn: time_once(fn, device))
+    if results is not None:
+        variants = {name: (lambda name=name, fn=fn: results.__setitem__(name, fn()))
+                    for name, fn in variants.items()}
     names = list(variants)
     for _ in range(warmup):
         for name in names:

@@ -100,22 +100,6 @@ def random_batch(n: int, length: int, prompt: int, vocab: int, seed: int = 0) ->
              "prompt_length": prompt, "id": f"ex{i}"} for i in range(n)]
 
 
-def timed_together(variants: dict[str, Callable[[], Any]], repeats: int, device: str,
-                   warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Interleaved wall times of every variant (see ``_timing.interleaved``) and the
-    result of each variant's last call."""
-    last: dict[str, Any] = {}
-
-    def keep(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
-        def call() -> None:
-            last[name] = fn()
-        return call
-
-    samples = interleaved({name: keep(name, fn) for name, fn in variants.items()}, repeats,
-                          warmup=warmup, device=device)
-    return samples, last
-
-
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -194,8 +178,8 @@ def gate_overhead(model, item_batch, objective, rows: int, repeats: int, device:
         with torch.no_grad():
             return row_losses(model, family, inputs, targets, masked, None, "mean_masked")
 
-    samples, _ = timed_together({"engine": engine, "core": gated_core, "plain": plain,
-                                 "forward": forward_only}, repeats, device)
+    samples = interleaved({"engine": engine, "core": gated_core, "plain": plain,
+                           "forward": forward_only}, repeats, device=device)
     return {"rows": q * n_var, "samples": samples}
 
 
@@ -271,10 +255,11 @@ def batching(args: argparse.Namespace, name: str, model, length: int, prompt: in
     settings = dict(path=STP(samples=args.path_samples), steps=args.steps, rule="right",
                     mask_probs=args.mask_probs, mask_samples_per_prob=args.mask_samples)
     sizes = (1, 8, 32, 64)
-    samples, last = timed_together(
+    last: dict[str, Any] = {}
+    samples = interleaved(
         {f"ibs {ibs}": (lambda ibs=ibs: integrated_gradients(
             model, batch, internal_batch_size=ibs, return_per_example=False, **settings))
-         for ibs in sizes}, args.repeats_slow, args.device)
+         for ibs in sizes}, args.repeats_slow, device=args.device, results=last)
     print(f"(b) {name}: " + ", ".join(f"{k} {median(v):.3f}s" for k, v in samples.items()),
           file=sys.stderr, flush=True)
     ref = last["ibs 64"].scores
@@ -295,12 +280,13 @@ def versus_original(args: argparse.Namespace, label: str, model, batch: list[dic
     n_var_unique = sum(obj.variants(it).masks.shape[0] for it in as_items(batch))
     kw = dict(steps=args.steps, internal_batch_size=64, return_per_example=False,
               mask_probs=mask_probs, mask_samples_per_prob=mask_samples)
-    samples, last = timed_together({
+    last: dict[str, Any] = {}
+    samples = interleaved({
         "original": lambda: original_sequential(model, batch, obj, path, args.steps, 0.0, 0,
                                                 path_samples=args.path_samples),
         "headig": lambda: integrated_gradients(model, batch, path=path, rule="right", **kw),
         "trapezoid": lambda: integrated_gradients(model, batch, path=path, **kw),
-    }, args.repeats_slow, args.device)
+    }, args.repeats_slow, device=args.device, results=last)
     t_orig, t_new = median(samples["original"]), median(samples["headig"])
     print(f"(c) {label}: original {t_orig:.3f}s, headig {t_new:.3f}s", file=sys.stderr,
           flush=True)

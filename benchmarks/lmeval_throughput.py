@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import LoadRecord, Spread, conditions, interleaved  # noqa: E402
+from _timing import LoadRecord, Spread, conditions, interleaved, ratios  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("Beautiful is better than ugly. Explicit is better than implicit. Simple is better "
@@ -114,19 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     def measure(name: str, plain, batched, agreement) -> None:
         """Interleave the plain loop and every batch size; one row each."""
         outputs: dict[str, object] = {}
-
-        def keep(key, fn):
-            def call():
-                outputs[key] = fn()
-            return call
-
-        variants = {"plain": keep("plain", plain)}
+        variants = {"plain": plain}
         for bs in sizes:
-            variants[f"bs{bs}"] = keep(f"bs{bs}", lambda bs=bs: batched(bs))
-        times = interleaved(variants, a.repeats, warmup=0)
+            variants[f"bs{bs}"] = lambda bs=bs: batched(bs)
+        times = interleaved(variants, a.repeats, warmup=0, results=outputs)
         n = len(contexts)
         for key, secs in times.items():
-            speed = Spread.of([p / t for p, t in zip(times["plain"], secs)])
+            speed = Spread.of(ratios(times, "plain", key))
             rows.append({"workload": name, "mode": "plain loop" if key == "plain" else
                          "headig-dllm", "batch_size": 1 if key == "plain" else int(key[2:]),
                          "req_per_s": n / Spread.of(secs).median, "seconds": secs,

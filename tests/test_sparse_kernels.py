@@ -150,6 +150,19 @@ def test_interleaved_rotates_order_and_pairs_ratios():
     assert spread.fmt() == "1.12 [0.67–2.00]"
 
 
+def test_interleaved_keeps_each_variants_last_result():
+    count = {"a": 0, "b": 0}
+
+    def bump(name):
+        count[name] += 1
+        return f"{name}{count[name]}"
+
+    results: dict[str, object] = {}
+    samples = _timing.interleaved({n: (lambda n=n: bump(n)) for n in "ab"}, 2, warmup=1,
+                                  timer=lambda fn: (fn(), 1.0)[1], results=results)
+    assert results == {"a": "a3", "b": "b3"} and samples == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+
+
 def test_load_record_warns_above_core_count(monkeypatch):
     monkeypatch.setattr(_timing, "cores", lambda: 2)
     loads = iter([(0.5, 0.4, 0.3), (3.5, 1.0, 0.5)])
